@@ -1,0 +1,130 @@
+"""Request builders and response readers shared by Client and AsyncClient."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from nestvec import wire
+from nestvec.errors import InvalidArgument, NestvecError, from_code
+from nestvec.v1 import nestvec_pb2 as pb
+
+DEFAULT_BATCH_BYTES = 16 << 20  # upsert() splits bigger arrays into requests of about this size
+
+
+@dataclass
+class ShardInfo:
+    shard: int
+    vectors: int
+    tombstones: int
+    capacity: int
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    dim: int
+    metric: str
+    nested_dims: list[int]
+    shards: int
+    vectors: int = 0                     # filled by describe_collection
+    shard_info: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    """ids and scores, both [Q, k], best first (ties by id).
+
+    A single 1-D query still gives [1, k]. k is min(k asked, vectors stored).
+    Scores: cosine/dot similarity (descending), l2 squared distance (ascending).
+    """
+
+    ids: np.ndarray     # uint64
+    scores: np.ndarray  # float32
+
+
+@dataclass
+class GetResult:
+    ids: np.ndarray          # found ids, in the order asked (uint64)
+    vectors: np.ndarray      # [len(ids), dim] float32
+    missing_ids: np.ndarray  # ids asked for that are not stored
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+@dataclass
+class StreamResult:
+    upserted: int
+    batches: int
+
+
+def as_ids(ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InvalidArgument(f"ids must be a 1-D sequence of non-negative ints, got {arr.dtype} {arr.shape}")
+    if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
+        raise InvalidArgument("ids must be non-negative (they are uint64)")
+    return arr.astype(np.uint64, copy=False)
+
+
+def as_matrix(values) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float32)
+    return arr[None, :] if arr.ndim == 1 else arr
+
+
+def create_request(name, dim, metric, nested_dims, shards) -> pb.CreateCollectionRequest:
+    m = wire.METRIC_TO_WIRE.get(str(metric).lower())
+    if m is None:
+        raise InvalidArgument(f"unknown metric {metric!r}: use one of {', '.join(wire.METRIC_TO_WIRE)}")
+    return pb.CreateCollectionRequest(name=name, dim=int(dim), metric=m,
+                                      nested_dims=[int(d) for d in nested_dims or ()],
+                                      shards=int(shards or 0))
+
+
+def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BATCH_BYTES,
+                    dtype: str = "float32") -> Iterable[pb.UpsertRequest]:
+    """One request per slice of about `batch_bytes`."""
+    ids, vectors = as_ids(ids), as_matrix(vectors)
+    row_bytes = max(1, vectors.shape[1] * (2 if dtype == "float16" else 4))
+    step = max(1, batch_bytes // row_bytes)
+    for s in range(0, max(1, vectors.shape[0]), step):
+        yield pb.UpsertRequest(collection=collection, ids=ids[s: s + step].tolist(),
+                               vectors=wire.encode_matrix(vectors[s: s + step], dtype))
+
+
+def search_request(collection, queries, k, dim, funnel, dtype="float32") -> pb.SearchRequest:
+    req = pb.SearchRequest(collection=collection, queries=wire.encode_matrix(as_matrix(queries), dtype),
+                           k=int(k), dim=int(dim or 0))
+    for stage in funnel or ():
+        try:
+            d, c = stage
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"each funnel stage is a (dim, candidates) pair, got {stage!r}") from None
+        req.funnel.add(dim=int(d), candidates=int(c))
+    return req
+
+
+def read_search(resp: pb.SearchResponse) -> SearchResult:
+    shape = (resp.queries, resp.k)
+    return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape))
+
+
+def read_get(resp: pb.GetResponse) -> GetResult:
+    return GetResult(np.array(resp.ids, dtype=np.uint64), wire.decode_matrix(resp.vectors),
+                     np.array(resp.missing_ids, dtype=np.uint64))
+
+
+def read_info(info: pb.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(
+        name=info.name, dim=info.dim, metric=wire.METRIC_FROM_WIRE.get(info.metric, "unknown"),
+        nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
+        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity) for s in info.shard_info])
+
+
+def rpc_error(err) -> NestvecError:
+    """A gRPC error as the matching nestvec error (its code and the server's message)."""
+    return from_code(err.code().name, err.details() or "")

@@ -1,0 +1,108 @@
+"""Client: the blocking gRPC SDK. numpy in, numpy out."""
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import grpc
+
+from nestvec.client import _messages as m
+from nestvec.v1 import nestvec_pb2 as pb
+from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT = 30.0
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+def _wrap_errors(method):
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as err:
+            raise m.rpc_error(err) from None
+    return wrapped
+
+
+class Client:
+    """Blocking client. Every call takes `timeout` (seconds; default the client's).
+
+    Errors raise `nestvec.NestvecError` subclasses whose `.code` is the gRPC status name.
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT,
+                 options: list | None = None):
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=(options or []) + [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._stub = pb_grpc.VectorSearchStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _t(self, timeout):
+        return self.timeout if timeout is None else timeout
+
+    @_wrap_errors
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", nested_dims=None,
+                          shards: int | None = None, timeout: float | None = None) -> m.CollectionInfo:
+        req = m.create_request(name, dim, metric, nested_dims, shards)
+        return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout)).collection)
+
+    @_wrap_errors
+    def describe_collection(self, name: str, timeout: float | None = None) -> m.CollectionInfo:
+        resp = self._stub.DescribeCollection(pb.DescribeCollectionRequest(name=name),
+                                             timeout=self._t(timeout))
+        return m.read_info(resp.collection)
+
+    @_wrap_errors
+    def list_collections(self, timeout: float | None = None) -> list[m.CollectionInfo]:
+        resp = self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=self._t(timeout))
+        return [m.read_info(c) for c in resp.collections]
+
+    @_wrap_errors
+    def drop_collection(self, name: str, timeout: float | None = None) -> None:
+        self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self._t(timeout))
+
+    @_wrap_errors
+    def upsert(self, collection: str, ids, vectors, *, batch_bytes: int = m.DEFAULT_BATCH_BYTES,
+               dtype: str = "float32", timeout: float | None = None) -> int:
+        """Insert or replace vectors; big arrays go as several requests. Returns rows written."""
+        return sum(self._stub.Upsert(req, timeout=self._t(timeout)).upserted
+                   for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype))
+
+    @_wrap_errors
+    def upsert_stream(self, collection: str, batches: Iterable, *, dtype: str = "float32",
+                      timeout: float | None = None) -> m.StreamResult:
+        """Stream (ids, vectors) batches in one call (bulk loads); one summary at the end."""
+        def requests():
+            for ids, vectors in batches:
+                yield from m.upsert_requests(collection, ids, vectors, dtype=dtype)
+        resp = self._stub.UpsertStream(requests(), timeout=self._t(timeout))
+        return m.StreamResult(resp.upserted, resp.batches)
+
+    @_wrap_errors
+    def delete(self, collection: str, ids, timeout: float | None = None) -> int:
+        req = pb.DeleteRequest(collection=collection, ids=m.as_ids(ids).tolist())
+        return self._stub.Delete(req, timeout=self._t(timeout)).deleted
+
+    @_wrap_errors
+    def get(self, collection: str, ids, dim: int | None = None,
+            timeout: float | None = None) -> m.GetResult:
+        req = pb.GetRequest(collection=collection, ids=m.as_ids(ids).tolist(), dim=int(dim or 0))
+        return m.read_get(self._stub.Get(req, timeout=self._t(timeout)))
+
+    @_wrap_errors
+    def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
+               *, dtype: str = "float32", timeout: float | None = None) -> m.SearchResult:
+        """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel."""
+        req = m.search_request(collection, queries, k, dim, funnel, dtype)
+        return m.read_search(self._stub.Search(req, timeout=self._t(timeout)))

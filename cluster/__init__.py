@@ -1,0 +1,1 @@
+"""Server side: engine, shard actors, coordinator, gateway, CLI."""

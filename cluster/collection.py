@@ -1,0 +1,205 @@
+"""A collection's fixed settings, and the checks every request is held to.
+
+Pure Python and numpy: used by the coordinator (so Ray jobs get the same checks
+as gRPC clients) and by the engine. Every failure is an `InvalidArgument` whose
+message says what was wrong and how to fix it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from nestvec.errors import InvalidArgument
+
+METRICS = ("cosine", "dot", "l2")
+MAX_DIM = 65_536
+MAX_SHARDS = 256
+MAX_K = 10_000               # results per query
+MAX_CANDIDATES = 100_000     # funnel shortlist size per stage
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def default_nested_dims(dim: int) -> list[int]:
+    """Powers of two from 32 below `dim`, plus `dim` itself."""
+    dims, d = [], 32
+    while d < dim:
+        dims.append(d)
+        d *= 2
+    return dims + [dim]
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    name: str
+    dim: int
+    metric: str = "cosine"
+    nested_dims: tuple[int, ...] = field(default=())
+    shards: int = 1
+
+    @staticmethod
+    def create(name: str, dim: int, metric: str = "cosine",
+               nested_dims: list[int] | tuple[int, ...] | None = None,
+               shards: int = 1) -> "CollectionConfig":
+        """Validate and normalise user input into a config (nested dims sorted, dim included)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidArgument(
+                f"collection name {name!r} is invalid: use 1-128 characters from "
+                "letters, digits, '_', '.', '-', starting with a letter or digit")
+        if not 1 <= int(dim) <= MAX_DIM:
+            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {dim}")
+        dim = int(dim)
+        metric = str(metric).lower()
+        if metric not in METRICS:
+            raise InvalidArgument(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+        if nested_dims:
+            dims = sorted({int(d) for d in nested_dims})
+            bad = [d for d in dims if not 1 <= d <= dim]
+            if bad:
+                raise InvalidArgument(
+                    f"nested_dims {bad} are outside 1..{dim}: each nested dim is a prefix "
+                    "length of the vectors")
+            if dims[-1] != dim:
+                dims.append(dim)
+        else:
+            dims = default_nested_dims(dim)
+        if not 1 <= int(shards) <= MAX_SHARDS:
+            raise InvalidArgument(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
+        return CollectionConfig(name, dim, metric, tuple(dims), int(shards))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["nested_dims"] = list(self.nested_dims)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "CollectionConfig":
+        return CollectionConfig(d["name"], int(d["dim"]), d["metric"],
+                                tuple(int(x) for x in d["nested_dims"]), int(d["shards"]))
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A validated search: final scoring dim, shortlist stages, k."""
+
+    k: int
+    dim: int
+    stages: tuple[tuple[int, int], ...] = ()   # (dim, candidates) shortlists before the final rank
+
+    @property
+    def keeps(self) -> list[int]:
+        return [c for _, c in self.stages]
+
+
+def check_ids(ids, rows: int | None = None, what: str = "ids") -> np.ndarray:
+    """ids as a 1-D uint64 array; `rows` (if given) must match their count."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise InvalidArgument(f"{what} must be a 1-D sequence of unsigned 64-bit ints, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InvalidArgument(f"{what} is empty: send at least one id")
+    if arr.dtype.kind == "i" and (arr < 0).any():
+        raise InvalidArgument(f"{what} must be non-negative (uint64), got {int(arr.min())}")
+    if arr.dtype.kind not in "iu":
+        raise InvalidArgument(f"{what} must be integers (uint64), got dtype {arr.dtype}")
+    arr = arr.astype(np.uint64, copy=False)
+    if rows is not None and arr.size != rows:
+        raise InvalidArgument(f"got {arr.size} ids for {rows} vector rows: send exactly one id per row")
+    return arr
+
+
+def check_vectors(vectors, cfg: CollectionConfig) -> np.ndarray:
+    """Vectors to store: [n, cfg.dim] finite float32; non-zero under cosine."""
+    arr = _as_matrix(vectors, "vectors")
+    if arr.shape[1] != cfg.dim:
+        raise InvalidArgument(
+            f"vectors have dim {arr.shape[1]} but collection {cfg.name!r} has dim {cfg.dim}: "
+            "send full-dimension vectors")
+    _check_finite(arr, "vectors")
+    if cfg.metric == "cosine":
+        zero = np.flatnonzero(~np.any(arr != 0, axis=1))
+        if zero.size:
+            raise InvalidArgument(
+                f"vector rows {zero[:5].tolist()} have zero norm, which has no cosine similarity: "
+                "drop them or use metric 'dot'")
+    return arr
+
+
+def check_queries(queries, cfg: CollectionConfig) -> np.ndarray:
+    """Query matrix: [Q, d] finite float32 with d <= cfg.dim (checked against the plan later)."""
+    arr = _as_matrix(queries, "queries")
+    if arr.shape[1] > cfg.dim:
+        raise InvalidArgument(
+            f"queries have dim {arr.shape[1]} but collection {cfg.name!r} has dim {cfg.dim}")
+    _check_finite(arr, "queries")
+    if cfg.metric == "cosine":
+        zero = np.flatnonzero(~np.any(arr != 0, axis=1))
+        if zero.size:
+            raise InvalidArgument(
+                f"query rows {zero[:5].tolist()} have zero norm, which has no cosine similarity")
+    return arr
+
+
+def plan_search(cfg: CollectionConfig, query_dim: int, k: int, dim: int | None = 0,
+                funnel=None) -> SearchPlan:
+    """Validate k, dim and funnel stages against the collection and the queries sent."""
+    k = int(k)
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+    dim = int(dim or 0) or cfg.dim
+    if not 1 <= dim <= cfg.dim:
+        raise InvalidArgument(
+            f"dim {dim} is outside 1..{cfg.dim} for collection {cfg.name!r} (0 means the full dim)")
+    if query_dim < dim:
+        raise InvalidArgument(
+            f"queries have dim {query_dim} but the search ranks at dim {dim}: send at least "
+            f"{dim} leading dims (or the full {cfg.dim})")
+    stages: list[tuple[int, int]] = []
+    for i, stage in enumerate(funnel or ()):
+        try:
+            sd, sc = (int(x) for x in stage)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"funnel stage {i} must be a (dim, candidates) pair, got {stage!r}") from None
+        if not 1 <= sd <= dim:
+            raise InvalidArgument(
+                f"funnel stage {i} has dim {sd}, outside 1..{dim} (the search's final dim)")
+        if stages and sd <= stages[-1][0]:
+            raise InvalidArgument(
+                f"funnel stage dims must strictly increase: stage {i} has dim {sd} after "
+                f"{stages[-1][0]}")
+        if sc < k:
+            raise InvalidArgument(
+                f"funnel stage {i} keeps {sc} candidates, fewer than k={k}: every stage must keep "
+                "at least k")
+        if sc > MAX_CANDIDATES:
+            raise InvalidArgument(f"funnel stage {i} keeps {sc} candidates, above the limit {MAX_CANDIDATES}")
+        stages.append((sd, sc))
+    return SearchPlan(k=k, dim=dim, stages=tuple(stages))
+
+
+def _as_matrix(values, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{what} must be a 2-D [rows, dim] matrix, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidArgument(f"{what} is empty (shape {arr.shape}): send at least one row")
+    if arr.dtype.kind not in "fiu":
+        raise InvalidArgument(f"{what} must be numeric, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise InvalidArgument(f"{what} rows {rows[:5].tolist()} contain NaN or Inf values")
+    # Squares of values near float32's limit overflow: such rows would score Inf.
+    with np.errstate(over="ignore"):
+        sq = np.einsum("ij,ij->i", arr, arr)
+    if not np.isfinite(sq).all():
+        rows = np.flatnonzero(~np.isfinite(sq))
+        raise InvalidArgument(
+            f"{what} rows {rows[:5].tolist()} are too large: their squared norm overflows float32")

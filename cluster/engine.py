@@ -1,0 +1,287 @@
+"""ShardEngine: one shard's vectors and exact search at any prefix dim. Pure numpy.
+
+Storage is one contiguous float32 matrix grown by doubling, so `X[:n, :d]` is a
+strided view BLAS reads without a copy. Ids map to rows through a sorted id
+array (binary search, vectorised; no per-id Python work). Deletes leave
+tombstones, compacted away once a quarter of the rows are dead. The squared norm
+of every row at every nested dim is kept, so cosine at a prefix and l2 need no
+extra pass over the data at those dims (and only a partial one in between).
+
+Scores are computed as "keys", higher is better (see topk.py); l2 keys are the
+negated squared distance. Results convert keys back to the metric's own score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.topk import run_funnel, top_columns
+
+COMPACT_DEAD_FRACTION = 0.25
+_GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
+
+
+@dataclass
+class SearchResult:
+    """[Q, k] ids and scores, sorted best first (ties by id)."""
+
+    ids: np.ndarray     # uint64
+    scores: np.ndarray  # float32, the metric's score (l2: squared distance)
+
+
+@dataclass
+class Candidates:
+    """Funnel candidates of one shard, with their key at every stage and at the final dim."""
+
+    ids: np.ndarray   # [Q, M] uint64
+    keys: np.ndarray  # [Q, M, stages + 1] float32
+
+
+@dataclass
+class ShardStats:
+    vectors: int
+    tombstones: int
+    capacity: int
+
+
+class ShardEngine:
+    def __init__(self, config: CollectionConfig, initial_capacity: int = 1024):
+        self.config = config
+        self.dim = config.dim
+        self.metric = config.metric
+        self.nested = np.asarray(config.nested_dims, dtype=np.int64)
+        cap = max(1, int(initial_capacity))
+        self._vectors = np.zeros((cap, self.dim), dtype=np.float32)
+        self._row_ids = np.zeros(cap, dtype=np.uint64)
+        self._alive = np.zeros(cap, dtype=bool)
+        self._sqnorms = np.zeros((cap, len(self.nested)), dtype=np.float32)
+        self._n = 0                                       # rows in use (live + dead)
+        self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
+        self._index_rows = np.empty(0, dtype=np.int64)    # their rows
+        self._dead_rows: np.ndarray | None = np.empty(0, dtype=np.int64)
+
+    # ----- size -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._index_ids.size)
+
+    def stats(self) -> ShardStats:
+        return ShardStats(len(self), self._n - len(self), self._vectors.shape[0])
+
+    # ----- writes ---------------------------------------------------------------
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Insert or replace rows. Within one batch the last occurrence of an id wins."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        # Keep each id's last occurrence (np.unique on the reversed batch).
+        uniq, first_in_rev = np.unique(ids[::-1], return_index=True)
+        take = ids.size - 1 - first_in_rev
+        ids, vectors = uniq, vectors[take]
+        pos, found = self._lookup(ids)
+        old_rows = self._index_rows[pos[found]]
+        self._write_rows(old_rows, vectors[found])
+        new_ids = ids[~found]
+        if new_ids.size:
+            start = self._n
+            self._reserve(start + new_ids.size)
+            rows = np.arange(start, start + new_ids.size, dtype=np.int64)
+            self._n += new_ids.size
+            self._row_ids[rows] = new_ids
+            self._alive[rows] = True
+            self._write_rows(rows, vectors[~found])
+            ins = pos[~found]  # sorted ids keep insertion points monotonic
+            self._index_ids = np.insert(self._index_ids, ins, new_ids)
+            self._index_rows = np.insert(self._index_rows, ins, rows)
+        return int(ids.size)
+
+    def delete(self, ids: np.ndarray) -> int:
+        """Tombstone the given ids; returns how many existed."""
+        ids = np.unique(np.asarray(ids, dtype=np.uint64))
+        pos, found = self._lookup(ids)
+        if not found.any():
+            return 0
+        pos = pos[found]
+        self._alive[self._index_rows[pos]] = False
+        self._index_ids = np.delete(self._index_ids, pos)
+        self._index_rows = np.delete(self._index_rows, pos)
+        self._dead_rows = None
+        if self._n - len(self) >= COMPACT_DEAD_FRACTION * self._n:
+            self.compact()
+        return int(pos.size)
+
+    def compact(self) -> None:
+        """Drop tombstoned rows, keeping live rows in their order."""
+        keep = np.flatnonzero(self._alive[: self._n])
+        m = keep.size
+        self._vectors[:m] = self._vectors[keep]
+        self._row_ids[:m] = self._row_ids[keep]
+        self._sqnorms[:m] = self._sqnorms[keep]
+        self._alive[:m] = True
+        self._alive[m: self._n] = False
+        self._n = m
+        order = np.argsort(self._row_ids[:m], kind="stable")
+        self._index_ids = self._row_ids[order].copy()
+        self._index_rows = order.astype(np.int64)
+        self._dead_rows = np.empty(0, dtype=np.int64)
+
+    # ----- reads ----------------------------------------------------------------
+    def get(self, ids: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask in the order asked, [found, dim] vectors of the found ids)."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        pos, found = self._lookup(ids)
+        rows = self._index_rows[pos[found]]
+        return found, self._vectors[rows, : (dim or self.dim)].copy()
+
+    def ids(self) -> np.ndarray:
+        """All live ids, sorted."""
+        return self._index_ids.copy()
+
+    def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
+        """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
+        if plan.stages:
+            cand = self.funnel_candidates(queries, plan)
+            ids, keys = run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
+        else:
+            ids, keys = self.top_keys(queries, plan.k, plan.dim)
+        return SearchResult(ids, keys_to_scores(self.metric, queries, keys, plan.dim))
+
+    def top_keys(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, min(k, live)] ids and keys of the best rows at prefix `dim`."""
+        keys = self._scan_keys(queries, dim)
+        cols = top_columns(keys, self._row_ids[: self._n], min(k, len(self)))
+        return self._row_ids[cols], np.take_along_axis(keys, cols, axis=1)
+
+    def funnel_candidates(self, queries: np.ndarray, plan: SearchPlan) -> Candidates:
+        """Stage 1 over every live row, then every survivor's key at each later dim.
+
+        Survivors carry keys at all later stages and at the final dim so a merge of
+        several shards' candidates can run the remaining stages exactly (topk.run_funnel).
+        """
+        first_dim, first_keep = plan.stages[0]
+        keys1 = self._scan_keys(queries, first_dim)
+        cols = top_columns(keys1, self._row_ids[: self._n], min(first_keep, len(self)))
+        later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
+        out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
+        out[..., 0] = np.take_along_axis(keys1, cols, axis=1)
+        out[..., 1:] = self._rescore(queries, cols, later_dims)
+        return Candidates(self._row_ids[cols], out)
+
+    # ----- internals ------------------------------------------------------------
+    def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
+        """[Q, n] keys of every row at prefix `dim`: one matrix product on the view."""
+        n = self._n
+        x = self._vectors[:n, :dim]  # strided view: BLAS reads it without a copy
+        q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
+        if self.metric == "cosine":
+            keys = _unit_rows(q) @ x.T
+            keys *= _inv_sqrt(self._prefix_sqnorms(slice(0, n), dim))[None, :]
+        elif self.metric == "dot":
+            keys = q @ x.T
+        else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
+            keys = q @ x.T
+            keys *= 2
+            keys -= self._prefix_sqnorms(slice(0, n), dim)[None, :]
+        dead = self._dead()
+        if dead.size:
+            keys[:, dead] = -np.inf
+        return keys
+
+    def _rescore(self, queries: np.ndarray, cols: np.ndarray, dims: list[int]) -> np.ndarray:
+        """Keys of rows `cols` ([Q, M]) at each of `dims`: [Q, M, len(dims)].
+
+        Gathers only the candidates' rows (never the whole matrix), in query chunks
+        so the gathered block stays about _GATHER_BYTES.
+        """
+        n_q, m = cols.shape
+        top = max(dims)
+        out = np.empty((n_q, m, len(dims)), dtype=np.float32)
+        step = max(1, _GATHER_BYTES // max(1, m * top * 4))
+        for s in range(0, n_q, step):
+            c = cols[s: s + step]
+            rows = self._vectors[c, :top]               # [q, M, top] gathered copy
+            q = queries[s: s + step]
+            for j, d in enumerate(dims):
+                qd = q[:, :d]
+                if self.metric == "cosine":
+                    qd = _unit_rows(np.ascontiguousarray(qd))
+                dots = np.einsum("qmd,qd->qm", rows[..., :d], qd)
+                if self.metric == "cosine":
+                    dots *= _inv_sqrt(self._prefix_sqnorms(c, d, rows))
+                elif self.metric == "l2":
+                    dots = 2 * dots - self._prefix_sqnorms(c, d, rows)
+                out[s: s + step, :, j] = dots
+        return out
+
+    def _prefix_sqnorms(self, rows, dim: int, gathered: np.ndarray | None = None) -> np.ndarray:
+        """Squared norms of `rows` at prefix `dim` from the nearest stored nested dim.
+
+        Only the columns between that nested dim and `dim` are read. `gathered`
+        (rows already copied out, [..., >= dim]) saves reading them again.
+        """
+        j = int(np.searchsorted(self.nested, dim, side="right")) - 1
+        base_dim = int(self.nested[j]) if j >= 0 else 0
+        base = self._sqnorms[rows, j] if j >= 0 else 0.0
+        if base_dim == dim:
+            return np.asarray(base, dtype=np.float32)
+        part = gathered[..., base_dim:dim] if gathered is not None else self._vectors[rows, base_dim:dim]
+        return (base + np.einsum("...j,...j->...", part, part)).astype(np.float32)
+
+    def _write_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        self._vectors[rows] = vectors
+        sq = np.square(vectors, dtype=np.float64)
+        csum = np.cumsum(sq, axis=1)
+        self._sqnorms[rows] = csum[:, self.nested - 1]
+
+    def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of `ids` in the sorted index and whether each is present."""
+        pos = np.searchsorted(self._index_ids, ids)
+        found = np.zeros(ids.shape, dtype=bool)
+        inside = pos < self._index_ids.size
+        found[inside] = self._index_ids[pos[inside]] == ids[inside]
+        return pos, found
+
+    def _reserve(self, rows: int) -> None:
+        cap = self._vectors.shape[0]
+        if rows <= cap:
+            return
+        new_cap = max(rows, 2 * cap)
+        self._vectors = _grow(self._vectors, new_cap)
+        self._row_ids = _grow(self._row_ids, new_cap)
+        self._alive = _grow(self._alive, new_cap)
+        self._sqnorms = _grow(self._sqnorms, new_cap)
+
+    def _dead(self) -> np.ndarray:
+        if self._dead_rows is None:
+            self._dead_rows = np.flatnonzero(~self._alive[: self._n])
+        return self._dead_rows
+
+
+def keys_to_scores(metric: str, queries: np.ndarray, keys: np.ndarray, dim: int) -> np.ndarray:
+    """Turn keys at prefix `dim` into the metric's scores (l2: squared distance)."""
+    if metric != "l2":
+        return keys.astype(np.float32, copy=False)
+    q = queries[:, :dim]
+    qsq = np.einsum("ij,ij->i", q, q)[:, None]
+    return np.maximum(qsq - keys, 0).astype(np.float32)
+
+
+def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows,) + arr.shape[1:], dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def _unit_rows(q: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; an all-zero row stays zero (it scores 0 everywhere)."""
+    return q * _inv_sqrt(np.einsum("ij,ij->i", q, q))[:, None]
+
+
+def _inv_sqrt(sq: np.ndarray) -> np.ndarray:
+    """1/sqrt(sq), with 0 where sq is 0: a prefix that is all zeros has cosine 0."""
+    sq = np.asarray(sq, dtype=np.float32)
+    out = np.zeros_like(sq)
+    np.divide(1.0, np.sqrt(sq), out=out, where=sq > 0)
+    return out

@@ -1,0 +1,138 @@
+"""Server assembly: Ray, the coordinator, the gRPC gateway, health and reflection.
+
+Small named steps (as in gRPC's health-checking example) so the CLI, the demo
+and the tests all start the same server:
+- `start_ray`: embedded local cluster, or attach to one;
+- `Gateway`: the grpc.aio server with VectorSearch, health and reflection;
+- `GatewayThread`: a Gateway on its own event loop in a thread (tests, demo);
+- `serve`: the blocking `nestvec serve` main loop with graceful signal handling.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+
+import grpc
+import ray
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
+from nestvec.cluster.gateway import VectorSearchServicer
+from nestvec.v1 import nestvec_pb2, nestvec_pb2_grpc
+
+log = logging.getLogger("nestvec.server")
+
+DEFAULT_HOST = "127.0.0.1"  # loopback only unless the operator asks otherwise
+DEFAULT_PORT = 50051
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20  # bulk upserts of ~100k x 384 float32 fit
+SERVICE_NAME = nestvec_pb2.DESCRIPTOR.services_by_name["VectorSearch"].full_name
+
+
+def start_ray(address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
+              num_cpus: int | None = None) -> None:
+    """Start an embedded single-machine Ray cluster, or attach to `address`."""
+    if ray.is_initialized():
+        return
+    # Ray 2.60 turns token auth on by default; an embedded cluster only listens
+    # locally and is owned by this process, so it runs without it.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", namespace=namespace, num_cpus=num_cpus,
+                 include_dashboard=False, log_to_driver=False)
+
+
+class Gateway:
+    """The grpc.aio server. `start()` binds and returns the bound port."""
+
+    def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.coordinator = coordinator
+        self.host, self.port = host, port
+        self.max_message_bytes = max_message_bytes
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        opts = [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(options=opts)
+        nestvec_pb2_grpc.add_VectorSearchServicer_to_server(
+            VectorSearchServicer(self.coordinator), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{_host_for_bind(self.host)}:{self.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.host}:{self.port}")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting calls, let in-flight calls finish within `grace` seconds."""
+        if self.server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.server = None
+
+
+def _host_for_bind(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class GatewayThread:
+    """A Gateway running on its own asyncio loop in a daemon thread."""
+
+    def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = 0, **kwargs):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nestvec-gateway",
+                                        daemon=True)
+        self._thread.start()
+        self.gateway = Gateway(coordinator, host, port, **kwargs)
+        self.port = self._call(self.gateway.start())
+        self.address = f"{host}:{self.port}"
+
+    def _call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._loop.is_running():
+            self._call(self.gateway.stop(grace))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
+          ray_address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
+          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 10.0,
+          ready_message: bool = True) -> None:
+    """Run Ray (embedded or attached), the coordinator and the gateway until SIGTERM/SIGINT."""
+    start_ray(ray_address, namespace)
+    coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True)
+    asyncio.run(_serve_async(coordinator, host, port, max_message_bytes, grace, ready_message))
+    ray.shutdown()
+
+
+async def _serve_async(coordinator, host, port, max_message_bytes, grace, ready_message) -> None:
+    gateway = Gateway(coordinator, host, port, max_message_bytes)
+    bound = await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready_message:
+        print(f"nestvec serving on {host}:{bound} (Ray namespace {coordinator.namespace!r}); "
+              "Ctrl-C or SIGTERM stops it", flush=True)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls (grace %.0fs)", grace)
+    await gateway.stop(grace)

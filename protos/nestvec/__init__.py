@@ -1,0 +1,14 @@
+"""nestvec: distributed vector search for Matryoshka embeddings.
+
+The public API in one place: the gRPC SDK (`Client`, `AsyncClient`), the error
+family, and `connect()` for Ray jobs that talk to the shards without gRPC.
+"""
+from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NestvecError,
+                            NotFound, ResourceExhausted, Unavailable)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists", "DeadlineExceeded", "InvalidArgument", "NestvecError", "NotFound",
+    "ResourceExhausted", "Unavailable", "__version__",
+]
