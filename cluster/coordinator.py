@@ -6,6 +6,11 @@ A plain object, used two ways over the same code:
 - from a Ray job, through `connect()` and the plain methods (`search`, ...),
   which call `ray.get`.
 
+Shard and catalog actors are detached: a non-detached actor dies when the last
+handle to it goes away, so evicting a cache entry in one gateway would kill a
+shard every other gateway and Ray job still uses. They end when their
+collection is dropped, or with the Ray cluster.
+
 Each operation is written once, as a generator "plan" that yields the Ray refs
 it needs and receives their results; `_run_sync` / `_run_async` drive it.
 """
@@ -83,7 +88,8 @@ class Coordinator:
         self.default_shards = default_shards
         if create_catalog:
             self._catalog = CatalogActor.options(
-                name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True).remote()
+                name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
+                lifetime="detached").remote()
         else:
             try:
                 self._catalog = ray.get_actor(CATALOG_ACTOR, namespace=namespace)
@@ -103,7 +109,8 @@ class Coordinator:
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
         handles = [
-            ShardActor.options(name=shard_actor_name(name, i), namespace=self.namespace)
+            ShardActor.options(name=shard_actor_name(name, i), namespace=self.namespace,
+                               lifetime="detached")
             .remote(cfg.to_dict(), i)
             for i in range(cfg.shards)
         ]
@@ -119,10 +126,10 @@ class Coordinator:
     @_both
     def drop_collection(self, name: str) -> Plan:
         (cfg,) = yield [self._catalog.drop.remote(name)]
-        self._cache.pop(name, None)
+        cached = self._cache.pop(name, None)
         if cfg is None:
             raise NotFound(f"collection {name!r} does not exist")
-        self._kill(self._named_handles(CollectionConfig.from_dict(cfg)))
+        self._kill(cached.shards if cached else self._named_handles(CollectionConfig.from_dict(cfg)))
         return None
 
     @_both
