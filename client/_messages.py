@@ -19,6 +19,8 @@ class ShardInfo:
     vectors: int
     tombstones: int
     capacity: int
+    down: bool = False    # did not answer (restarting, or lost)
+    wal_bytes: int = 0    # log written since the last snapshot
 
 
 @dataclass
@@ -42,6 +44,7 @@ class SearchResult:
 
     ids: np.ndarray     # uint64
     scores: np.ndarray  # float32
+    missing_shards: list[int] = field(default_factory=list)  # only with allow_partial=True
 
 
 @dataclass
@@ -96,9 +99,10 @@ def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BA
                                vectors=wire.encode_matrix(vectors[s: s + step], dtype))
 
 
-def search_request(collection, queries, k, dim, funnel, dtype="float32") -> pb.SearchRequest:
+def search_request(collection, queries, k, dim, funnel, dtype="float32",
+                   allow_partial=False) -> pb.SearchRequest:
     req = pb.SearchRequest(collection=collection, queries=wire.encode_matrix(as_matrix(queries), dtype),
-                           k=int(k), dim=int(dim or 0))
+                           k=int(k), dim=int(dim or 0), allow_partial=bool(allow_partial))
     for stage in funnel or ():
         try:
             d, c = stage
@@ -110,7 +114,8 @@ def search_request(collection, queries, k, dim, funnel, dtype="float32") -> pb.S
 
 def read_search(resp: pb.SearchResponse) -> SearchResult:
     shape = (resp.queries, resp.k)
-    return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape))
+    return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape),
+                        list(resp.missing_shards))
 
 
 def read_get(resp: pb.GetResponse) -> GetResult:
@@ -122,7 +127,8 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=info.name, dim=info.dim, metric=wire.METRIC_FROM_WIRE.get(info.metric, "unknown"),
         nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
-        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity) for s in info.shard_info])
+        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity, s.down, s.wal_bytes)
+                    for s in info.shard_info])
 
 
 def rpc_error(err) -> NestvecError:

@@ -104,7 +104,7 @@ class AsyncClient:
 
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
-                     funnel=None, *, dtype: str = "float32",
+                     funnel=None, *, allow_partial: bool = False, dtype: str = "float32",
                      timeout: float | None = None) -> m.SearchResult:
-        req = m.search_request(collection, queries, k, dim, funnel, dtype)
+        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
         return m.read_search(await self._stub.Search(req, timeout=self._t(timeout)))

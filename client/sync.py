@@ -102,7 +102,8 @@ class Client:
 
     @_wrap_errors
     def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
-               *, dtype: str = "float32", timeout: float | None = None) -> m.SearchResult:
+               *, allow_partial: bool = False, dtype: str = "float32",
+               timeout: float | None = None) -> m.SearchResult:
         """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel."""
-        req = m.search_request(collection, queries, k, dim, funnel, dtype)
+        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
         return m.read_search(self._stub.Search(req, timeout=self._t(timeout)))

@@ -2,32 +2,59 @@
 
 Every coordinator (in each gateway, in each Ray job) reads it, so a collection
 created through one is visible through all. Its calls run one at a time, which
-makes "create unless it exists" atomic.
+makes "create unless it exists" atomic. With a data directory it persists the
+collections to catalog.json (atomically replaced) and reloads them on start,
+and it tells coordinators where shards keep their files.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import ray
+
+from nestvec.cluster import datadir
 
 CATALOG_ACTOR = "catalog"
 
 
 @ray.remote(num_cpus=0)
 class CatalogActor:
-    def __init__(self):
+    def __init__(self, data_dir: str | None = None, fsync: str = "always"):
+        self._settings = {"data_dir": data_dir, "fsync": fsync}
         self._collections: dict[str, dict] = {}
+        if data_dir:
+            path = os.path.join(data_dir, datadir.CATALOG)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self._collections = {c["name"]: c for c in json.load(f)["collections"]}
+            datadir.remove_orphans(data_dir, {f"{c['name']}.{c['uid']}"
+                                              for c in self._collections.values()})
+
+    def settings(self) -> dict:
+        return dict(self._settings)
 
     def create(self, config: dict) -> bool:
         """Record a collection; False if the name is taken."""
         if config["name"] in self._collections:
             return False
         self._collections[config["name"]] = config
+        self._persist()
         return True
 
     def drop(self, name: str) -> dict | None:
-        return self._collections.pop(name, None)
+        config = self._collections.pop(name, None)
+        if config is not None:
+            self._persist()
+        return config
 
     def get(self, name: str) -> dict | None:
         return self._collections.get(name)
 
     def list(self) -> list[dict]:
         return [self._collections[n] for n in sorted(self._collections)]
+
+    def _persist(self) -> None:
+        if self._settings["data_dir"]:
+            datadir.write_json_atomic(os.path.join(self._settings["data_dir"], datadir.CATALOG),
+                                      {"collections": self.list()})

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from nestvec.cluster.server import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT
+from nestvec.cluster.wal import FSYNC_POLICIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="attach to this Ray cluster instead of starting an embedded one")
     s.add_argument("--namespace", default="nestvec", help="Ray namespace of the shard actors")
+    s.add_argument("--data-dir", default="nestvec-data",
+                   help="where shards keep their logs and snapshots (default ./%(default)s)")
+    s.add_argument("--in-memory", action="store_true",
+                   help="keep no data on disk: nothing survives a restart")
+    s.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="always (default): a write is acknowledged once fsync'd; batch: fsync "
+                        "every 50 ms, so a crash may lose the last 50 ms of acknowledged writes; "
+                        "none: leave it to the OS (benchmarks only)")
     s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     s.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight calls get to finish on SIGTERM/SIGINT")
@@ -40,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from nestvec.cluster.server import serve
         serve(host=args.host, port=args.port, shards=args.shards, ray_address=args.ray_address,
-              namespace=args.namespace, max_message_bytes=args.max_message_bytes, grace=args.grace)
+              namespace=args.namespace, data_dir=None if args.in_memory else args.data_dir,
+              fsync=args.fsync, max_message_bytes=args.max_message_bytes, grace=args.grace)
     elif args.command == "demo":
         from nestvec.cluster.demo import run
         run(address=args.address, shards=args.shards)

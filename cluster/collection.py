@@ -7,6 +7,7 @@ message says what was wrong and how to fix it.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ class CollectionConfig:
     metric: str = "cosine"
     nested_dims: tuple[int, ...] = field(default=())
     shards: int = 1
+    uid: str = ""  # fresh per creation: names this incarnation's files on disk
 
     @staticmethod
     def create(name: str, dim: int, metric: str = "cosine",
@@ -66,7 +68,7 @@ class CollectionConfig:
             dims = default_nested_dims(dim)
         if not 1 <= int(shards) <= MAX_SHARDS:
             raise InvalidArgument(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
-        return CollectionConfig(name, dim, metric, tuple(dims), int(shards))
+        return CollectionConfig(name, dim, metric, tuple(dims), int(shards), uuid.uuid4().hex[:12])
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,7 +78,8 @@ class CollectionConfig:
     @staticmethod
     def from_dict(d: dict) -> "CollectionConfig":
         return CollectionConfig(d["name"], int(d["dim"]), d["metric"],
-                                tuple(int(x) for x in d["nested_dims"]), int(d["shards"]))
+                                tuple(int(x) for x in d["nested_dims"]), int(d["shards"]),
+                                d.get("uid", ""))
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,26 @@ A plain object, used two ways over the same code:
 - from a Ray job, through `connect()` and the plain methods (`search`, ...),
   which call `ray.get`.
 
+Each operation is written once, as a generator "plan" that yields a `Fanout`
+(the actor calls it needs) and receives their results; `_run_sync` /
+`_run_async` drive it. The drivers also own fault handling: a call that failed
+because its shard actor died is re-issued (Ray restarts durable shards, which
+recover from disk before answering) until the request's deadline or the retry
+window ends; then the request fails with UNAVAILABLE, or, for a search that
+allows partial results, returns what the live shards found and names the rest.
+
 Shard and catalog actors are detached: a non-detached actor dies when the last
 handle to it goes away, so evicting a cache entry in one gateway would kill a
 shard every other gateway and Ray job still uses. They end when their
 collection is dropped, or with the Ray cluster.
-
-Each operation is written once, as a generator "plan" that yields the Ray refs
-it needs and receives their results; `_run_sync` / `_run_async` drive it.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
 import numpy as np
@@ -27,19 +33,32 @@ import ray
 from ray import exceptions as ray_errors
 
 from nestvec.cluster import collection as col
+from nestvec.cluster import datadir
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.engine import SearchResult, keys_to_scores
 from nestvec.cluster.routing import split_by_shard
 from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
 from nestvec.cluster.topk import merge_topk, run_funnel
-from nestvec.errors import (AlreadyExists, DeadlineExceeded, NestvecError, NotFound,
-                            Unavailable)
+from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NestvecError,
+                            NotFound, Unavailable)
 
 DEFAULT_NAMESPACE = "nestvec"
-_INLINE_BYTES = 100_000  # larger query batches go to the object store once, not once per shard
+RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
+_INLINE_BYTES = 100_000   # larger query batches go to the object store once, not once per shard
+_ACTOR_DOWN = (ray_errors.RayActorError, ray_errors.ActorUnavailableError)
 
-Plan = Generator[list, list, Any]
+
+@dataclass
+class Fanout:
+    """Actor calls to run at once: each a (bound remote method, args) pair."""
+
+    calls: list[tuple[Any, tuple]]
+    partial_ok: bool = False   # a call whose actor stays down yields None instead of failing
+    retry: bool = True         # re-issue calls whose actor died (durable shards restart)
+
+
+Plan = Generator[Fanout, list, Any]
 
 
 @dataclass
@@ -49,6 +68,13 @@ class GetResult:
     ids: np.ndarray          # found ids (uint64), in request order
     vectors: np.ndarray      # [len(ids), dim] float32
     missing_ids: np.ndarray  # requested ids that are not stored
+
+
+@dataclass
+class ClusterSearchResult(SearchResult):
+    """A SearchResult plus the shards that did not answer (only with allow_partial)."""
+
+    missing_shards: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -63,14 +89,14 @@ def _both(plan_method: Callable[..., Plan]):
     @functools.wraps(plan_method)
     def sync(self, *args, timeout: float | None = None, **kwargs):
         try:
-            return _run_sync(plan_method(self, *args, **kwargs), timeout)
+            return _run_sync(plan_method(self, *args, **kwargs), timeout, self._retry)
         except Unavailable:
             self._cache.clear()  # handles may be stale (a shard died, or a drop elsewhere)
             raise
 
     async def run_async(self, *args, timeout: float | None = None, **kwargs):
         try:
-            return await _run_async(plan_method(self, *args, **kwargs), timeout)
+            return await _run_async(plan_method(self, *args, **kwargs), timeout, self._retry)
         except Unavailable:
             self._cache.clear()
             raise
@@ -80,16 +106,23 @@ def _both(plan_method: Callable[..., Plan]):
 
 
 class Coordinator:
-    """The cluster's front: catalog, routing, fan-out and merge. No data of its own."""
+    """The cluster's front: catalog, routing, fan-out and merge. No data of its own.
+
+    `create_catalog=True` (the server) starts the catalog actor, persisted under
+    `data_dir` if given; otherwise the coordinator attaches to a running one.
+    """
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, default_shards: int = 1,
-                 create_catalog: bool = False):
+                 create_catalog: bool = False, data_dir: str | None = None,
+                 fsync: str = "always"):
         self.namespace = namespace
         self.default_shards = default_shards
         if create_catalog:
+            if data_dir:
+                data_dir = datadir.open_data_dir(data_dir)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
-                lifetime="detached").remote()
+                lifetime="detached").remote(data_dir, fsync)
         else:
             try:
                 self._catalog = ray.get_actor(CATALOG_ACTOR, namespace=namespace)
@@ -97,6 +130,8 @@ class Coordinator:
                 raise Unavailable(
                     f"no nestvec cluster found in Ray namespace {namespace!r}: start one with "
                     "`nestvec serve` (or pass the namespace it uses)") from None
+        self.settings = ray.get(self._catalog.settings.remote())
+        self._retry = RETRY_WINDOW_S if self.settings["data_dir"] else 0.0
         self._cache: dict[str, _Collection] = {}
 
     # ----- catalog --------------------------------------------------------------
@@ -105,55 +140,86 @@ class Coordinator:
                           nested_dims=None, shards: int | None = None) -> Plan:
         cfg = CollectionConfig.create(name, dim, metric, nested_dims,
                                       shards or self.default_shards)
-        (created,) = yield [self._catalog.create.remote(cfg.to_dict())]
+        (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
-        handles = [
-            ShardActor.options(name=shard_actor_name(name, i), namespace=self.namespace,
-                               lifetime="detached")
-            .remote(cfg.to_dict(), i)
-            for i in range(cfg.shards)
-        ]
         try:
-            yield [h.ready.remote() for h in handles]
+            handles = self._spawn_shards(cfg, reuse=False)
+        except BaseException:
+            yield Fanout([(self._catalog.drop, (name,))])
+            raise
+        try:
+            yield Fanout([(h.ready, ()) for h in handles])
         except BaseException:
             self._kill(handles)
-            yield [self._catalog.drop.remote(name)]
+            yield Fanout([(self._catalog.drop, (name,))])
             raise
         self._cache[name] = _Collection(cfg, handles)
         return cfg
 
     @_both
     def drop_collection(self, name: str) -> Plan:
-        (cfg,) = yield [self._catalog.drop.remote(name)]
+        (cfg,) = yield Fanout([(self._catalog.drop, (name,))])
         cached = self._cache.pop(name, None)
         if cfg is None:
             raise NotFound(f"collection {name!r} does not exist")
-        self._kill(cached.shards if cached else self._named_handles(CollectionConfig.from_dict(cfg)))
+        config = CollectionConfig.from_dict(cfg)
+        self._kill(cached.shards if cached else self._named_handles(config, missing_ok=True))
+        if self.settings["data_dir"]:
+            shutil.rmtree(datadir.collection_dir(self.settings["data_dir"], name, config.uid),
+                          ignore_errors=True)
         return None
 
     @_both
     def list_collections(self) -> Plan:
-        (configs,) = yield [self._catalog.list.remote()]
+        (configs,) = yield Fanout([(self._catalog.list, ())])
         return [CollectionConfig.from_dict(c) for c in configs]
 
     @_both
     def describe_collection(self, name: str) -> Plan:
-        """(config, per-shard stats dicts)."""
+        """(config, per-shard stats dicts; a shard that is down reports {"shard": i, "down": True})."""
         c = yield from self._collection(name)
-        stats = yield [h.stats.remote() for h in c.shards]
-        return c.config, stats
+        stats = yield Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
+        return c.config, [s if s is not None else {"shard": i, "down": True}
+                          for i, s in enumerate(stats)]
+
+    @_both
+    def open_collections(self) -> Plan:
+        """Start the shards of every catalogued collection (a server restarting on its data dir)."""
+        (configs,) = yield Fanout([(self._catalog.list, ())])
+        opened = []
+        for cfg in map(CollectionConfig.from_dict, configs):
+            handles = self._named_handles(cfg, missing_ok=True)
+            if any(h is None for h in handles):
+                handles = self._spawn_shards(cfg, reuse=True)
+            yield Fanout([(h.ready, ()) for h in handles])
+            self._cache[cfg.name] = _Collection(cfg, handles)
+            opened.append(cfg)
+        return opened
+
+    @_both
+    def checkpoint(self) -> Plan:
+        """Snapshot every shard (clean shutdown: the next start replays no log)."""
+        (configs,) = yield Fanout([(self._catalog.list, ())])
+        handles = [h for cfg in map(CollectionConfig.from_dict, configs)
+                   for h in self._named_handles(cfg, missing_ok=True) if h is not None]
+        yield Fanout([(h.checkpoint, ()) for h in handles], partial_ok=True, retry=False)
 
     # ----- writes ---------------------------------------------------------------
     @_both
     def upsert(self, name: str, ids, vectors) -> Plan:
-        """Insert or replace vectors by id; returns rows written."""
+        """Insert or replace vectors by id; returns rows written.
+
+        Acknowledged (returned) only after every shard has the batch in its log.
+        If a call fails part-way, some shards may hold their part: upserts are
+        idempotent, so retrying the same upsert is safe.
+        """
         c = yield from self._collection(name)
         vectors = col.check_vectors(vectors, c.config)
         ids = col.check_ids(ids, vectors.shape[0])
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        counts = yield [c.shards[s].upsert.remote(ids[p], vectors[p]) for s, p in parts]
-        return int(ids.size) if counts else 0
+        yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts])
+        return int(ids.size)
 
     @_both
     def delete(self, name: str, ids) -> Plan:
@@ -161,7 +227,7 @@ class Coordinator:
         c = yield from self._collection(name)
         ids = col.check_ids(ids)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        counts = yield [c.shards[s].delete.remote(ids[p]) for s, p in parts]
+        counts = yield Fanout([(c.shards[s].delete, (ids[p],)) for s, p in parts])
         return int(sum(counts))
 
     # ----- reads ----------------------------------------------------------------
@@ -171,9 +237,9 @@ class Coordinator:
         ids = col.check_ids(ids)
         dim = int(dim or 0) or c.config.dim
         if not 1 <= dim <= c.config.dim:
-            raise col.InvalidArgument(f"dim {dim} is outside 1..{c.config.dim} (0 means the full dim)")
+            raise InvalidArgument(f"dim {dim} is outside 1..{c.config.dim} (0 means the full dim)")
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        results = yield [c.shards[s].get.remote(ids[p], dim) for s, p in parts]
+        results = yield Fanout([(c.shards[s].get, (ids[p], dim)) for s, p in parts])
         found = np.zeros(ids.size, dtype=bool)
         vectors = np.zeros((ids.size, dim), dtype=np.float32)
         for (_, pos), (f, v) in zip(parts, results):
@@ -183,14 +249,25 @@ class Coordinator:
 
     @_both
     def search(self, name: str, queries, k: int = 10, dim: int | None = None,
-               funnel=None) -> Plan:
-        """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel."""
+               funnel=None, allow_partial: bool = False) -> Plan:
+        """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel.
+
+        A shard that is down fails the search with UNAVAILABLE, unless
+        `allow_partial`: then the live shards' merged answer comes back with
+        `missing_shards` naming the others.
+        """
         c = yield from self._collection(name)
         queries = col.check_queries(queries, c.config)
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel)
         q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
-        parts = yield [h.search_keys.remote(q_arg, plan) for h in c.shards]
-        return merge_shard_results(c.config.metric, queries, plan, parts)
+        parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
+                             partial_ok=allow_partial)
+        missing = [i for i, p in enumerate(parts) if p is None]
+        live = [p for p in parts if p is not None]
+        if not live:
+            raise Unavailable(f"no shard of collection {name!r} is reachable; retry later")
+        res = merge_shard_results(c.config.metric, queries, plan, live)
+        return ClusterSearchResult(res.ids, res.scores, missing)
 
     # ----- internals ------------------------------------------------------------
     def _collection(self, name: str):
@@ -198,7 +275,7 @@ class Coordinator:
         c = self._cache.get(name)
         if c is not None:
             return c
-        (cfg,) = yield [self._catalog.get.remote(name)]
+        (cfg,) = yield Fanout([(self._catalog.get, (name,))])
         if cfg is None:
             raise NotFound(f"collection {name!r} does not exist: create it first "
                            "(or list collections to check the name)")
@@ -207,12 +284,38 @@ class Coordinator:
         self._cache[name] = c
         return c
 
-    def _named_handles(self, cfg: CollectionConfig) -> list:
-        try:
-            return [ray.get_actor(shard_actor_name(cfg.name, i), namespace=self.namespace)
-                    for i in range(cfg.shards)]
-        except ValueError:
-            raise Unavailable(f"a shard of collection {cfg.name!r} is not running") from None
+    def _spawn_shards(self, cfg: CollectionConfig, reuse: bool) -> list:
+        """Start the shard actors (`reuse`: attach to any already running under the name)."""
+        return [self._spawn_shard(cfg, i, reuse) for i in range(cfg.shards)]
+
+    def _spawn_shard(self, cfg: CollectionConfig, i: int, reuse: bool):
+        data_dir, fsync = self.settings["data_dir"], self.settings["fsync"]
+        opts = dict(name=shard_actor_name(cfg.name, i), namespace=self.namespace,
+                    lifetime="detached", get_if_exists=reuse,
+                    # A durable shard restarts and recovers from disk; an in-memory one
+                    # must not come back empty and pretend nothing was lost.
+                    max_restarts=-1 if data_dir else 0)
+        args = (cfg.to_dict(), i,
+                datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None, fsync)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                return ShardActor.options(**opts).remote(*args)
+            except ValueError:  # the name is still held by a just-dropped incarnation
+                if time.monotonic() > end:
+                    raise Unavailable(f"shard name {opts['name']!r} is still in use; retry") from None
+                time.sleep(0.1)
+
+    def _named_handles(self, cfg: CollectionConfig, missing_ok: bool = False) -> list:
+        handles = []
+        for i in range(cfg.shards):
+            try:
+                handles.append(ray.get_actor(shard_actor_name(cfg.name, i), namespace=self.namespace))
+            except ValueError:
+                if not missing_ok:
+                    raise Unavailable(f"shard {i} of collection {cfg.name!r} is not running") from None
+                handles.append(None)
+        return handles
 
     def forget(self, name: str) -> None:
         """Drop cached handles (after a shard died or the collection was dropped elsewhere)."""
@@ -221,6 +324,8 @@ class Coordinator:
     @staticmethod
     def _kill(handles: list) -> None:
         for h in handles:
+            if h is None:
+                continue
             try:
                 ray.kill(h, no_restart=True)
             except Exception:  # already gone is fine: we wanted it gone
@@ -252,50 +357,111 @@ def _add_async_twins(cls):
 Coordinator = _add_async_twins(Coordinator)
 
 
+# ----- plan drivers ------------------------------------------------------------
+class _Deadline:
+    def __init__(self, timeout: float | None, retry_window: float):
+        now = time.monotonic()
+        self.end = None if timeout is None else now + timeout
+        self.retry_end = now + retry_window if self.end is None else min(self.end, now + retry_window)
+
+    def remaining(self) -> float | None:
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def may_retry(self, backoff: float) -> bool:
+        return time.monotonic() + backoff < self.retry_end
+
+
 def _translate(err: BaseException) -> BaseException:
     """Ray's errors as nestvec errors; an engine's own error passes through unwrapped."""
     if isinstance(err, ray_errors.RayTaskError) and isinstance(err.cause, NestvecError):
         return err.cause
-    if isinstance(err, (ray_errors.RayActorError, ray_errors.ActorUnavailableError)):
-        return Unavailable(f"a shard is unavailable: {err.__class__.__name__}; retry later")
+    if isinstance(err, _ACTOR_DOWN):
+        return Unavailable(f"a shard is down ({err.__class__.__name__}) and did not come back "
+                           "in time; retry later")
     if isinstance(err, (ray_errors.GetTimeoutError, asyncio.TimeoutError, TimeoutError)):
         return DeadlineExceeded("the request's deadline passed before the shards answered")
     return err
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+def _settle(fan: Fanout, results: list, down: list[int], deadline: _Deadline, backoff: float) -> bool:
+    """After a round: True to retry the `down` calls; else fill them in or fail."""
+    if not down:
+        return False
+    if fan.retry and not fan.partial_ok and deadline.may_retry(backoff):
+        return True
+    if fan.partial_ok:
+        for i in down:
+            results[i] = None
+        return False
+    raise _translate(results[down[0]])
 
 
-def _run_sync(plan: Plan, timeout: float | None) -> Any:
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
+    deadline = _Deadline(timeout, retry_window)
     try:
-        refs = next(plan)
+        fan = next(plan)
         while True:
             try:
-                results = ray.get(refs, timeout=_remaining(deadline)) if refs else []
+                results = _gather_sync(fan, deadline)
             except Exception as err:  # hand the error to the plan (it may clean up)
-                refs = plan.throw(_translate(err))
+                fan = plan.throw(_translate(err))
                 continue
-            refs = plan.send(results)
+            fan = plan.send(results)
     except StopIteration as stop:
         return stop.value
 
 
-async def _run_async(plan: Plan, timeout: float | None) -> Any:
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
+    results: list = [None] * len(fan.calls)
+    todo, backoff = list(range(len(fan.calls))), 0.05
+    while True:
+        refs = [fan.calls[i][0].remote(*fan.calls[i][1]) for i in todo]
+        down = []
+        for i, ref in zip(todo, refs):
+            try:
+                results[i] = ray.get(ref, timeout=deadline.remaining())
+            except _ACTOR_DOWN as err:
+                results[i] = err
+                down.append(i)
+        if not _settle(fan, results, down, deadline, backoff):
+            return results
+        time.sleep(backoff)
+        todo, backoff = down, min(1.0, backoff * 2)
+
+
+async def _run_async(plan: Plan, timeout: float | None, retry_window: float) -> Any:
+    deadline = _Deadline(timeout, retry_window)
     try:
-        refs = next(plan)
+        fan = next(plan)
         while True:
             try:
-                results = (list(await asyncio.wait_for(asyncio.gather(*refs), _remaining(deadline)))
-                           if refs else [])
+                results = await _gather_async(fan, deadline)
             except Exception as err:
-                refs = plan.throw(_translate(err))
+                fan = plan.throw(_translate(err))
                 continue
-            refs = plan.send(results)
+            fan = plan.send(results)
     except StopIteration as stop:
         return stop.value
+
+
+async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
+    results: list = [None] * len(fan.calls)
+    todo, backoff = list(range(len(fan.calls))), 0.05
+    while True:
+        refs = [fan.calls[i][0].remote(*fan.calls[i][1]) for i in todo]
+        got = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
+                                     deadline.remaining())
+        down = []
+        for i, r in zip(todo, got):
+            if isinstance(r, _ACTOR_DOWN):
+                down.append(i)
+            elif isinstance(r, BaseException):
+                raise r
+            results[i] = r
+        if not _settle(fan, results, down, deadline, backoff):
+            return results
+        await asyncio.sleep(backoff)
+        todo, backoff = down, min(1.0, backoff * 2)
 
 
 def connect(namespace: str = DEFAULT_NAMESPACE, address: str | None = "auto") -> Coordinator:

@@ -137,6 +137,10 @@ class ShardEngine:
         """All live ids, sorted."""
         return self._index_ids.copy()
 
+    def live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps."""
+        return self._index_ids.copy(), self._vectors[self._index_rows]
+
     def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
         """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
         if plan.stages:

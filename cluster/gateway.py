@@ -52,13 +52,16 @@ def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> 
     info = pb.CollectionInfo(name=cfg.name, dim=cfg.dim, metric=wire.METRIC_TO_WIRE[cfg.metric],
                              nested_dims=list(cfg.nested_dims), shards=cfg.shards)
     for s in stats or ():
+        if s.get("down"):
+            info.shard_info.add(shard=s["shard"], down=True)
+            continue
         info.shard_info.add(shard=s["shard"], vectors=s["vectors"], tombstones=s["tombstones"],
-                            capacity=s["capacity"], actor_name=s.get("actor_name", ""))
+                            capacity=s["capacity"], wal_bytes=s.get("wal_bytes", 0))
         info.vectors += s["vectors"]
     return info
 
 
-def _ids(values, what: str = "ids") -> np.ndarray:
+def _ids(values) -> np.ndarray:
     return np.fromiter(values, dtype=np.uint64, count=len(values))
 
 
@@ -140,6 +143,8 @@ class VectorSearchServicer(pb_grpc.VectorSearchServicer):
         queries = wire.decode_matrix(request.queries, "queries")
         funnel = [(s.dim, s.candidates) for s in request.funnel]
         res = await self.coord.asearch(request.collection, queries, request.k, request.dim,
-                                       funnel, timeout=context.time_remaining())
+                                       funnel, request.allow_partial,
+                                       timeout=context.time_remaining())
         return pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
-                                 ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores))
+                                 ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
+                                 missing_shards=res.missing_shards)

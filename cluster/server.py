@@ -17,6 +17,7 @@ import threading
 
 import grpc
 import ray
+from ray._private import ray_constants
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -42,10 +43,16 @@ def start_ray(address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         ray.init(address=address, namespace=namespace, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", namespace=namespace, num_cpus=num_cpus,
-                 include_dashboard=False, log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A one-machine cluster should talk over loopback only. Ray otherwise binds
+    # and dials the host's external address; its single-node mode (the default
+    # on macOS) uses 127.0.0.1. Workers inherit the variable; this process read
+    # Ray's constants at import, so set the constant too.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    ray.init(address="local", namespace=namespace, num_cpus=num_cpus,
+             include_dashboard=False, log_to_driver=False)
 
 
 class Gateway:
@@ -114,12 +121,24 @@ class GatewayThread:
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
           ray_address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
+          data_dir: str | None = None, fsync: str = "always",
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 10.0,
           ready_message: bool = True) -> None:
-    """Run Ray (embedded or attached), the coordinator and the gateway until SIGTERM/SIGINT."""
+    """Run Ray (embedded or attached), the coordinator and the gateway until SIGTERM/SIGINT.
+
+    With `data_dir`, every collection in it is reopened (shards recover from
+    their snapshots and logs) before the gateway starts taking calls, and every
+    shard snapshots on a clean shutdown.
+    """
     start_ray(ray_address, namespace)
-    coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True)
+    coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True,
+                              data_dir=data_dir, fsync=fsync)
+    opened = coordinator.open_collections()
+    if opened:
+        log.info("reopened %d collections from %s", len(opened), data_dir)
     asyncio.run(_serve_async(coordinator, host, port, max_message_bytes, grace, ready_message))
+    if data_dir:
+        coordinator.checkpoint(timeout=600)
     ray.shutdown()
 
 
@@ -131,8 +150,11 @@ async def _serve_async(coordinator, host, port, max_message_bytes, grace, ready_
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready_message:
-        print(f"nestvec serving on {host}:{bound} (Ray namespace {coordinator.namespace!r}); "
-              "Ctrl-C or SIGTERM stops it", flush=True)
+        where = coordinator.settings["data_dir"]
+        durability = (f"data in {where}, fsync {coordinator.settings['fsync']}" if where
+                      else "in memory only: nothing survives a restart")
+        print(f"nestvec serving on {host}:{bound} (Ray namespace {coordinator.namespace!r}; "
+              f"{durability}); Ctrl-C or SIGTERM stops it", flush=True)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.0fs)", grace)
     await gateway.stop(grace)

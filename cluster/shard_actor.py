@@ -1,15 +1,20 @@
-"""ShardActor: a thin Ray actor around one ShardEngine.
+"""ShardActor: a thin Ray actor around one shard (a DurableShard, or an in-memory engine).
 
-It adds nothing to the math; it gives the engine a name in a Ray namespace so
+It adds nothing to the math; it gives the shard a name in a Ray namespace so
 any gateway or Ray job can find it, and runs its calls one at a time (Ray's
-default for a synchronous actor), so the engine needs no locks.
+default for a synchronous actor), so the engine needs no locks. With a data
+directory it is created with max_restarts, and Ray's restart re-runs
+__init__, which recovers the shard from disk before any call is served.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import ray
 
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
 
 
@@ -19,19 +24,25 @@ def shard_actor_name(collection: str, shard: int) -> str:
 
 @ray.remote(num_cpus=0)  # STACK-NOTES: whole-CPU requests starve a 2-CPU node of actors
 class ShardActor:
-    def __init__(self, config: dict, shard: int):
+    def __init__(self, config: dict, shard: int, directory: str | None = None,
+                 fsync: str = "always"):
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
-        self.engine = ShardEngine(self.config)
+        self.store = DurableShard(self.config, directory, fsync) if directory else None
+        self.engine = self.store.engine if self.store else ShardEngine(self.config)
+        self.restarts = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
-        return self.engine.upsert(ids, vectors)
+        return (self.store or self.engine).upsert(ids, vectors)
 
     def delete(self, ids: np.ndarray) -> int:
-        return self.engine.delete(ids)
+        return (self.store or self.engine).delete(ids)
 
     def get(self, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         return self.engine.get(ids, dim)
@@ -43,7 +54,16 @@ class ShardActor:
             return cand.ids, cand.keys
         return self.engine.top_keys(queries, plan.k, plan.dim)
 
+    def checkpoint(self) -> None:
+        """Snapshot now (clean shutdown), so the next start replays no log."""
+        if self.store and self.store.wal.bytes:
+            self.store.snapshot()
+
     def stats(self) -> dict:
         s = self.engine.stats()
-        return {"shard": self.shard, "vectors": s.vectors, "tombstones": s.tombstones,
-                "capacity": s.capacity}
+        out = {"shard": self.shard, "vectors": s.vectors, "tombstones": s.tombstones,
+               "capacity": s.capacity, "restarted": bool(self.restarts)}
+        if self.store:
+            out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
+                       recovery_seconds=self.store.recovery_seconds)
+        return out

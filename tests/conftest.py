@@ -12,6 +12,7 @@ import uuid
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on loopback
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

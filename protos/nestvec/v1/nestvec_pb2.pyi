@@ -56,18 +56,22 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name")
+    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     vectors: int
     tombstones: int
     capacity: int
     actor_name: str
-    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ...) -> None: ...
+    down: bool
+    wal_bytes: int
+    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "dim", "metric", "nested_dims", "shards")
@@ -188,27 +192,31 @@ class FunnelStage(_message.Message):
     def __init__(self, dim: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "dim", "funnel")
+    __slots__ = ("collection", "queries", "k", "dim", "funnel", "allow_partial")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     FUNNEL_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
     dim: int
     funnel: _containers.RepeatedCompositeFieldContainer[FunnelStage]
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("queries", "k", "ids", "scores")
+    __slots__ = ("queries", "k", "ids", "scores", "missing_shards")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     queries: int
     k: int
     ids: bytes
     scores: bytes
-    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -1,0 +1,80 @@
+"""The data directory: a versioned manifest, the catalog file, and shard folders.
+
+    D/MANIFEST.json                       {"format_version": 1, ...}
+    D/catalog.json                        the collections (atomically replaced)
+    D/collections/<name>.<uid>/shard-<i>/ one folder per shard (see durable_shard.py)
+
+The uid (fresh per CreateCollection) keeps a re-created collection from ever
+reading an older one's files. docs/data-directory.md describes the format.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.json"
+CATALOG = "catalog.json"
+
+
+class DataDirError(Exception):
+    pass
+
+
+def open_data_dir(path: str) -> str:
+    """Create or check a data directory; refuse one written by a newer format."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    manifest = os.path.join(path, MANIFEST)
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            version = int(json.load(f).get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise DataDirError(
+                f"data directory {path} has format version {version}, newer than this nestvec "
+                f"understands ({FORMAT_VERSION}): upgrade nestvec, or point --data-dir elsewhere")
+        return path
+    if any(name not in (MANIFEST,) for name in os.listdir(path)):
+        raise DataDirError(f"{path} is not empty and has no {MANIFEST}: it is not a nestvec data "
+                           "directory (refusing to write into it)")
+    write_json_atomic(manifest, {"format_version": FORMAT_VERSION, "software": "nestvec"})
+    return path
+
+
+def shard_dir(data_dir: str, name: str, uid: str, shard: int) -> str:
+    return os.path.join(data_dir, "collections", f"{name}.{uid}", f"shard-{shard}")
+
+
+def collection_dir(data_dir: str, name: str, uid: str) -> str:
+    return os.path.join(data_dir, "collections", f"{name}.{uid}")
+
+
+def remove_orphans(data_dir: str, live: set[str]) -> None:
+    """Delete collection folders the catalog no longer names (a drop cut short by a crash)."""
+    root = os.path.join(data_dir, "collections")
+    if not os.path.isdir(root):
+        return
+    for entry in os.listdir(root):
+        if entry not in live:
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write to a temporary name, fsync, rename over `path`, fsync the folder."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
