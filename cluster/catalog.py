@@ -24,6 +24,7 @@ class CatalogActor:
         self._settings = {"data_dir": data_dir, "fsync": fsync}
         self._collections: dict[str, dict] = {}
         if data_dir:
+            self._lock = datadir.lock_data_dir(data_dir)
             path = os.path.join(data_dir, datadir.CATALOG)
             if os.path.exists(path):
                 with open(path) as f:

@@ -46,7 +46,26 @@ from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, Ne
 DEFAULT_NAMESPACE = "nestvec"
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
 _INLINE_BYTES = 100_000   # larger query batches go to the object store once, not once per shard
-_ACTOR_DOWN = (ray_errors.RayActorError, ray_errors.ActorUnavailableError)
+
+
+class ShardMissing(Exception):
+    """The shard's actor is not registered at all (it died and will not restart)."""
+
+
+class _MissingShard:
+    """Stands in for the handle of a shard that is not running: every call fails fast."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, method):
+        return self
+
+    def remote(self, *args):
+        raise ShardMissing(f"shard actor {self.name!r} is not running")
+
+
+_ACTOR_DOWN = (ray_errors.RayActorError, ray_errors.ActorUnavailableError, ShardMissing)
 
 
 @dataclass
@@ -130,7 +149,11 @@ class Coordinator:
                 raise Unavailable(
                     f"no nestvec cluster found in Ray namespace {namespace!r}: start one with "
                     "`nestvec serve` (or pass the namespace it uses)") from None
-        self.settings = ray.get(self._catalog.settings.remote())
+        try:
+            self.settings = ray.get(self._catalog.settings.remote())
+        except ray_errors.RayActorError as err:  # the catalog could not open the data dir
+            last_line = str(err).strip().splitlines()[-1]  # the constructor's own error
+            raise Unavailable(f"the catalog failed to start: {last_line}") from None
         self._retry = RETRY_WINDOW_S if self.settings["data_dir"] else 0.0
         self._cache: dict[str, _Collection] = {}
 
@@ -280,8 +303,11 @@ class Coordinator:
             raise NotFound(f"collection {name!r} does not exist: create it first "
                            "(or list collections to check the name)")
         config = CollectionConfig.from_dict(cfg)
-        c = _Collection(config, self._named_handles(config))
-        self._cache[name] = c
+        handles = self._named_handles(config, missing_ok=True)
+        c = _Collection(config, [h if h is not None else _MissingShard(shard_actor_name(name, i))
+                                 for i, h in enumerate(handles)])
+        if all(h is not None for h in handles):  # look a missing shard up again next time
+            self._cache[name] = c
         return c
 
     def _spawn_shards(self, cfg: CollectionConfig, reuse: bool) -> list:
@@ -396,6 +422,19 @@ def _settle(fan: Fanout, results: list, down: list[int], deadline: _Deadline, ba
     raise _translate(results[down[0]])
 
 
+def _issue(call: tuple[Any, tuple]):
+    """Submit one actor call; a shard that is not running gives its error instead of a ref."""
+    method, args = call
+    try:
+        return method.remote(*args)
+    except ShardMissing as err:
+        return err
+
+
+async def _failed(err: BaseException):
+    raise err
+
+
 def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
     deadline = _Deadline(timeout, retry_window)
     try:
@@ -415,10 +454,12 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
-        refs = [fan.calls[i][0].remote(*fan.calls[i][1]) for i in todo]
+        refs = [_issue(fan.calls[i]) for i in todo]
         down = []
         for i, ref in zip(todo, refs):
             try:
+                if isinstance(ref, ShardMissing):
+                    raise ref
                 results[i] = ray.get(ref, timeout=deadline.remaining())
             except _ACTOR_DOWN as err:
                 results[i] = err
@@ -448,9 +489,11 @@ async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
-        refs = [fan.calls[i][0].remote(*fan.calls[i][1]) for i in todo]
-        got = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
-                                     deadline.remaining())
+        refs = [_issue(fan.calls[i]) for i in todo]
+        got = await asyncio.wait_for(
+            asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
+                           return_exceptions=True),
+            deadline.remaining())
         down = []
         for i, r in zip(todo, got):
             if isinstance(r, _ACTOR_DOWN):

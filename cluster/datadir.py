@@ -9,6 +9,7 @@ reading an older one's files. docs/data-directory.md describes the format.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import shutil
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
 CATALOG = "catalog.json"
+LOCK = "LOCK"
 
 
 class DataDirError(Exception):
@@ -35,11 +37,28 @@ def open_data_dir(path: str) -> str:
                 f"data directory {path} has format version {version}, newer than this nestvec "
                 f"understands ({FORMAT_VERSION}): upgrade nestvec, or point --data-dir elsewhere")
         return path
-    if any(name not in (MANIFEST,) for name in os.listdir(path)):
+    if any(name not in (MANIFEST, LOCK) for name in os.listdir(path)):
         raise DataDirError(f"{path} is not empty and has no {MANIFEST}: it is not a nestvec data "
                            "directory (refusing to write into it)")
     write_json_atomic(manifest, {"format_version": FORMAT_VERSION, "software": "nestvec"})
     return path
+
+
+def lock_data_dir(path: str):
+    """Hold an exclusive lock on the data directory for the caller's lifetime.
+
+    Two servers writing one directory would interleave their logs; the second
+    is refused. The lock is an flock, so it goes away with the process that
+    held it, however that process ends (kill -9 included).
+    """
+    f = open(os.path.join(path, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise DataDirError(f"data directory {path} is in use by another nestvec server "
+                           "(its LOCK file is held): stop that server or use another --data-dir") from None
+    return f
 
 
 def shard_dir(data_dir: str, name: str, uid: str, shard: int) -> str:

@@ -235,9 +235,16 @@ class ShardEngine:
         if rows.size == 0:
             return
         self._vectors[rows] = vectors
-        sq = np.square(vectors, dtype=np.float64)
-        csum = np.cumsum(sq, axis=1)
-        self._sqnorms[rows] = csum[:, self.nested - 1]
+        # Squared norm at each nested dim, block by block (no [n, dim] temporary).
+        acc = np.zeros(rows.size, dtype=np.float32)
+        out = np.empty((rows.size, self.nested.size), dtype=np.float32)
+        prev = 0
+        for j, d in enumerate(self.nested.tolist()):
+            block = vectors[:, prev:d]
+            acc += np.einsum("ij,ij->i", block, block)
+            out[:, j] = acc
+            prev = d
+        self._sqnorms[rows] = out
 
     def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of `ids` in the sorted index and whether each is present."""

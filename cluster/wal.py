@@ -58,21 +58,22 @@ def encode_record(op: int, ids: np.ndarray, vectors: np.ndarray | None = None) -
     return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
-def _decode_payload(payload: bytes) -> WalRecord:
+def _decode_payload(payload) -> WalRecord:
+    """Read-only views into the log's bytes (the engine copies what it keeps)."""
     op, rows, dim = _PAYLOAD_HEAD.unpack_from(payload)
     at = _PAYLOAD_HEAD.size
-    ids = np.frombuffer(payload, dtype="<u8", count=rows, offset=at).astype(np.uint64)
+    ids = np.frombuffer(payload, dtype="<u8", count=rows, offset=at)
     vectors = None
     if op == OP_UPSERT:
         vectors = np.frombuffer(payload, dtype="<f4", count=rows * dim,
-                                offset=at + 8 * rows).reshape(rows, dim).astype(np.float32)
+                                offset=at + 8 * rows).reshape(rows, dim)
     return WalRecord(op, ids, vectors)
 
 
 def read_log(path: str) -> tuple[list[WalRecord], int]:
     """(every complete record in order, bytes dropped as a torn tail); see module doc."""
     with open(path, "rb") as f:
-        data = f.read()
+        data = memoryview(f.read())  # slices of a memoryview are views, not copies
     records: list[WalRecord] = []
     end, off = len(data), 0
     while off < end:
@@ -80,14 +81,14 @@ def read_log(path: str) -> tuple[list[WalRecord], int]:
             break  # a header cut short: the last append never completed
         magic, length, crc, head_crc = _HEADER.unpack_from(data, off)
         if magic != MAGIC or zlib.crc32(data[off: off + 12]) != head_crc:
-            if any(data[off:]):  # not a zero-filled tail: real damage
+            if np.frombuffer(data[off:], np.uint8).any():  # not a zero-filled tail: real damage
                 raise WalCorruption(path, off, "record header fails its checksum")
             break
         body = off + _HEADER.size
         if body + length > end:
             break  # the payload was cut short by a crash
         if zlib.crc32(data[body: body + length]) != crc:
-            if any(data[body + length:]):  # more records follow: not a torn tail
+            if np.frombuffer(data[body + length:], np.uint8).any():  # more records follow: not a torn tail
                 raise WalCorruption(path, off, "record payload fails its checksum")
             break
         records.append(_decode_payload(data[body: body + length]))
