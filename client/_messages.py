@@ -20,6 +20,7 @@ class ShardInfo:
     tombstones: int
     capacity: int
     down: bool = False    # did not answer (restarting, or lost)
+    actor_name: str = ""  # the shard's Ray actor name (in the server's namespace)
     wal_bytes: int = 0    # log written since the last snapshot
 
 
@@ -127,7 +128,8 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=info.name, dim=info.dim, metric=wire.METRIC_FROM_WIRE.get(info.metric, "unknown"),
         nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
-        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity, s.down, s.wal_bytes)
+        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity, s.down, s.wal_bytes,
+                              s.actor_name)
                     for s in info.shard_info])
 
 

@@ -20,8 +20,9 @@ CATALOG_ACTOR = "catalog"
 
 @ray.remote(num_cpus=0)
 class CatalogActor:
-    def __init__(self, data_dir: str | None = None, fsync: str = "always"):
-        self._settings = {"data_dir": data_dir, "fsync": fsync}
+    def __init__(self, data_dir: str | None = None, fsync: str = "always",
+                 fsync_interval: float = 0.05):
+        self._settings = {"data_dir": data_dir, "fsync": fsync, "fsync_interval": fsync_interval}
         self._collections: dict[str, dict] = {}
         if data_dir:
             self._lock = datadir.lock_data_dir(data_dir)

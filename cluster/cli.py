@@ -29,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep no data on disk: nothing survives a restart")
     s.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="always (default): a write is acknowledged once fsync'd; batch: fsync "
-                        "every 50 ms, so a crash may lose the last 50 ms of acknowledged writes; "
-                        "none: leave it to the OS (benchmarks only)")
+                        "every --fsync-interval, so a machine crash may lose that long of "
+                        "acknowledged writes; none: leave it to the OS (benchmarks only)")
+    s.add_argument("--fsync-interval", type=float, default=0.05,
+                   help="seconds between fsyncs under --fsync batch (default %(default)s)")
     s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     s.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight calls get to finish on SIGTERM/SIGINT")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from nestvec.cluster.server import serve
         serve(host=args.host, port=args.port, shards=args.shards, ray_address=args.ray_address,
               namespace=args.namespace, data_dir=None if args.in_memory else args.data_dir,
-              fsync=args.fsync, max_message_bytes=args.max_message_bytes, grace=args.grace)
+              fsync=args.fsync, fsync_interval=args.fsync_interval, max_message_bytes=args.max_message_bytes, grace=args.grace)
     elif args.command == "demo":
         from nestvec.cluster.demo import run
         run(address=args.address, shards=args.shards)

@@ -19,6 +19,9 @@ MAX_DIM = 65_536
 MAX_SHARDS = 256
 MAX_K = 10_000               # results per query
 MAX_CANDIDATES = 100_000     # funnel shortlist size per stage
+# Largest squared norm a vector or query may have: keeps every score and l2
+# distance (at most about 4x this) finite in float32 (max ~3.4e38).
+MAX_SQUARED_NORM = 1e37
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -199,10 +202,10 @@ def _check_finite(arr: np.ndarray, what: str) -> None:
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
         raise InvalidArgument(f"{what} rows {rows[:5].tolist()} contain NaN or Inf values")
-    # Squares of values near float32's limit overflow: such rows would score Inf.
-    with np.errstate(over="ignore"):
-        sq = np.einsum("ij,ij->i", arr, arr)
-    if not np.isfinite(sq).all():
-        rows = np.flatnonzero(~np.isfinite(sq))
+    # Values near float32's limit would make scores or l2 distances overflow to Inf.
+    sq = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
+    if (sq > MAX_SQUARED_NORM).any():
+        rows = np.flatnonzero(sq > MAX_SQUARED_NORM)
         raise InvalidArgument(
-            f"{what} rows {rows[:5].tolist()} are too large: their squared norm overflows float32")
+            f"{what} rows {rows[:5].tolist()} are too large: their squared norm is above "
+            f"{MAX_SQUARED_NORM:g}, so scores would overflow float32; scale them down")

@@ -133,7 +133,7 @@ class Coordinator:
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, default_shards: int = 1,
                  create_catalog: bool = False, data_dir: str | None = None,
-                 fsync: str = "always"):
+                 fsync: str = "always", fsync_interval: float = 0.05):
         self.namespace = namespace
         self.default_shards = default_shards
         if create_catalog:
@@ -141,7 +141,7 @@ class Coordinator:
                 data_dir = datadir.open_data_dir(data_dir)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
-                lifetime="detached").remote(data_dir, fsync)
+                lifetime="detached").remote(data_dir, fsync, fsync_interval)
         else:
             try:
                 self._catalog = ray.get_actor(CATALOG_ACTOR, namespace=namespace)
@@ -242,7 +242,7 @@ class Coordinator:
         ids = col.check_ids(ids, vectors.shape[0])
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts])
-        return int(ids.size)
+        return int(np.unique(ids).size)  # rows written: a repeated id is one row (last wins)
 
     @_both
     def delete(self, name: str, ids) -> Plan:
@@ -315,14 +315,15 @@ class Coordinator:
         return [self._spawn_shard(cfg, i, reuse) for i in range(cfg.shards)]
 
     def _spawn_shard(self, cfg: CollectionConfig, i: int, reuse: bool):
-        data_dir, fsync = self.settings["data_dir"], self.settings["fsync"]
+        data_dir = self.settings["data_dir"]
         opts = dict(name=shard_actor_name(cfg.name, i), namespace=self.namespace,
                     lifetime="detached", get_if_exists=reuse,
                     # A durable shard restarts and recovers from disk; an in-memory one
                     # must not come back empty and pretend nothing was lost.
                     max_restarts=-1 if data_dir else 0)
         args = (cfg.to_dict(), i,
-                datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None, fsync)
+                datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None,
+                self.settings["fsync"], self.settings["fsync_interval"])
         end = time.monotonic() + 10
         while True:
             try:
@@ -455,6 +456,13 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i]) for i in todo]
+        if not any(isinstance(r, ShardMissing) for r in refs):
+            try:  # the common case: one wait for all of them
+                for i, r in zip(todo, ray.get(refs, timeout=deadline.remaining())):
+                    results[i] = r
+                return results
+            except _ACTOR_DOWN:
+                pass  # sort out below which calls failed; the rest are done already
         down = []
         for i, ref in zip(todo, refs):
             try:

@@ -37,16 +37,16 @@ _WAL = re.compile(r"^wal-(\d{8})\.log$")
 
 class DurableShard:
     def __init__(self, config: CollectionConfig, directory: str, fsync: str = "always",
-                 snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES):
+                 fsync_interval: float = 0.05, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES):
         self.config = config
         self.dir = directory
-        self.fsync = fsync
+        self.fsync, self.fsync_interval = fsync, fsync_interval
         self.snapshot_bytes = snapshot_bytes
         os.makedirs(directory, exist_ok=True)
         t = time.perf_counter()
         self.engine, self.seq, replayed = recover(config, directory)
         self.recovery_seconds = time.perf_counter() - t
-        self.wal = WalWriter(self._wal_path(self.seq), fsync)
+        self.wal = WalWriter(self._wal_path(self.seq), fsync, fsync_interval)
         log.info("shard %s recovered %d vectors (snapshot %d + %d log records) in %.2fs",
                  directory, len(self.engine), self.seq, replayed, self.recovery_seconds)
 
@@ -72,7 +72,7 @@ class DurableShard:
         final = os.path.join(self.dir, f"snapshot-{new:08d}")
         write_snapshot(final, self.engine)
         old_wal = self.wal
-        self.wal = WalWriter(self._wal_path(new), self.fsync)
+        self.wal = WalWriter(self._wal_path(new), self.fsync, self.fsync_interval)
         fsync_dir(self.dir)
         old_wal.close()
         old_seq, self.seq = self.seq, new

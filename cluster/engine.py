@@ -56,7 +56,8 @@ class ShardEngine:
         self._vectors = np.zeros((cap, self.dim), dtype=np.float32)
         self._row_ids = np.zeros(cap, dtype=np.uint64)
         self._alive = np.zeros(cap, dtype=bool)
-        self._sqnorms = np.zeros((cap, len(self.nested)), dtype=np.float32)
+        # float64: squares of tiny (but valid) values underflow float32 and would zero cosines
+        self._sqnorms = np.zeros((cap, len(self.nested)), dtype=np.float64)
         self._n = 0                                       # rows in use (live + dead)
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
         self._index_rows = np.empty(0, dtype=np.int64)    # their rows
@@ -185,7 +186,7 @@ class ShardEngine:
         else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
             keys = q @ x.T
             keys *= 2
-            keys -= self._prefix_sqnorms(slice(0, n), dim)[None, :]
+            keys -= self._prefix_sqnorms(slice(0, n), dim).astype(np.float32)[None, :]
         dead = self._dead()
         if dead.size:
             keys[:, dead] = -np.inf
@@ -213,7 +214,7 @@ class ShardEngine:
                 if self.metric == "cosine":
                     dots *= _inv_sqrt(self._prefix_sqnorms(c, d, rows))
                 elif self.metric == "l2":
-                    dots = 2 * dots - self._prefix_sqnorms(c, d, rows)
+                    dots = 2 * dots - self._prefix_sqnorms(c, d, rows).astype(np.float32)
                 out[s: s + step, :, j] = dots
         return out
 
@@ -227,21 +228,21 @@ class ShardEngine:
         base_dim = int(self.nested[j]) if j >= 0 else 0
         base = self._sqnorms[rows, j] if j >= 0 else 0.0
         if base_dim == dim:
-            return np.asarray(base, dtype=np.float32)
+            return np.asarray(base, dtype=np.float64)
         part = gathered[..., base_dim:dim] if gathered is not None else self._vectors[rows, base_dim:dim]
-        return (base + np.einsum("...j,...j->...", part, part)).astype(np.float32)
+        return base + np.einsum("...j,...j->...", part, part, dtype=np.float64)
 
     def _write_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         if rows.size == 0:
             return
         self._vectors[rows] = vectors
         # Squared norm at each nested dim, block by block (no [n, dim] temporary).
-        acc = np.zeros(rows.size, dtype=np.float32)
-        out = np.empty((rows.size, self.nested.size), dtype=np.float32)
+        acc = np.zeros(rows.size, dtype=np.float64)
+        out = np.empty((rows.size, self.nested.size), dtype=np.float64)
         prev = 0
         for j, d in enumerate(self.nested.tolist()):
             block = vectors[:, prev:d]
-            acc += np.einsum("ij,ij->i", block, block)
+            acc += np.einsum("ij,ij->i", block, block, dtype=np.float64)
             out[:, j] = acc
             prev = d
         self._sqnorms[rows] = out
@@ -287,12 +288,12 @@ def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
 
 def _unit_rows(q: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm; an all-zero row stays zero (it scores 0 everywhere)."""
-    return q * _inv_sqrt(np.einsum("ij,ij->i", q, q))[:, None]
+    return q * _inv_sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))[:, None]
 
 
 def _inv_sqrt(sq: np.ndarray) -> np.ndarray:
     """1/sqrt(sq), with 0 where sq is 0: a prefix that is all zeros has cosine 0."""
-    sq = np.asarray(sq, dtype=np.float32)
-    out = np.zeros_like(sq)
+    sq = np.asarray(sq, dtype=np.float64)  # float64 in, float32 out: tiny norms stay exact
+    out = np.zeros(sq.shape, dtype=np.float32)
     np.divide(1.0, np.sqrt(sq), out=out, where=sq > 0)
     return out

@@ -56,7 +56,8 @@ def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> 
             info.shard_info.add(shard=s["shard"], down=True)
             continue
         info.shard_info.add(shard=s["shard"], vectors=s["vectors"], tombstones=s["tombstones"],
-                            capacity=s["capacity"], wal_bytes=s.get("wal_bytes", 0))
+                            capacity=s["capacity"], actor_name=s["actor_name"],
+                            wal_bytes=s.get("wal_bytes", 0))
         info.vectors += s["vectors"]
     return info
 

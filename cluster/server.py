@@ -121,7 +121,7 @@ class GatewayThread:
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
           ray_address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
-          data_dir: str | None = None, fsync: str = "always",
+          data_dir: str | None = None, fsync: str = "always", fsync_interval: float = 0.05,
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 10.0,
           ready_message: bool = True) -> None:
     """Run Ray (embedded or attached), the coordinator and the gateway until SIGTERM/SIGINT.
@@ -132,7 +132,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
     """
     start_ray(ray_address, namespace)
     coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True,
-                              data_dir=data_dir, fsync=fsync)
+                              data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval)
     opened = coordinator.open_collections()
     if opened:
         log.info("reopened %d collections from %s", len(opened), data_dir)

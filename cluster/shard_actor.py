@@ -25,10 +25,10 @@ def shard_actor_name(collection: str, shard: int) -> str:
 @ray.remote(num_cpus=0)  # STACK-NOTES: whole-CPU requests starve a 2-CPU node of actors
 class ShardActor:
     def __init__(self, config: dict, shard: int, directory: str | None = None,
-                 fsync: str = "always"):
+                 fsync: str = "always", fsync_interval: float = 0.05):
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
-        self.store = DurableShard(self.config, directory, fsync) if directory else None
+        self.store = DurableShard(self.config, directory, fsync, fsync_interval) if directory else None
         self.engine = self.store.engine if self.store else ShardEngine(self.config)
         self.restarts = ray.get_runtime_context().was_current_actor_reconstructed
 
@@ -61,7 +61,8 @@ class ShardActor:
 
     def stats(self) -> dict:
         s = self.engine.stats()
-        out = {"shard": self.shard, "vectors": s.vectors, "tombstones": s.tombstones,
+        out = {"shard": self.shard, "actor_name": shard_actor_name(self.config.name, self.shard),
+               "vectors": s.vectors, "tombstones": s.tombstones,
                "capacity": s.capacity, "restarted": bool(self.restarts)}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,

@@ -1,0 +1,171 @@
+"""Unit tests of the top-k primitives (pure numpy, no Ray).
+
+Every primitive is compared with the obvious reference: a full lexsort by
+(key descending, id ascending), which is the order the wire contract promises.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nestvec.cluster.topk import merge_topk, run_funnel, top_columns
+
+
+def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
+    """Reference: column order by (key desc, id asc) from a full sort, first k."""
+    ids = np.broadcast_to(col_ids, keys.shape)
+    return np.lexsort((ids, -keys), axis=1)[:, :k]
+
+
+def tie_heavy_keys(rng, shape, levels: int = 3) -> np.ndarray:
+    """Keys drawn from a few values, so almost every k cut falls inside a tie."""
+    return rng.integers(0, levels, size=shape).astype(np.float32)
+
+
+# ----- merge_topk ----------------------------------------------------------------
+def test_merge_topk_matches_full_sort():
+    rng = np.random.default_rng(1)
+    keys = rng.normal(size=(7, 50)).astype(np.float32)
+    ids = rng.permutation(10_000)[:50 * 7].reshape(7, 50).astype(np.uint64)
+    got_ids, got_keys = merge_topk(ids, keys, 12)
+    order = np.lexsort((ids, -keys), axis=1)[:, :12]
+    np.testing.assert_array_equal(got_ids, np.take_along_axis(ids, order, axis=1))
+    np.testing.assert_array_equal(got_keys, np.take_along_axis(keys, order, axis=1))
+    assert (np.diff(got_keys, axis=1) <= 0).all()  # best first
+
+
+def test_merge_topk_breaks_ties_by_id():
+    # Every key equal: the answer is simply the smallest ids, ascending.
+    ids = np.array([[9, 3, 7, 1, 5], [2, 8, 4, 6, 0]], dtype=np.uint64)
+    keys = np.ones(ids.shape, dtype=np.float32)
+    got_ids, _ = merge_topk(ids, keys, 3)
+    np.testing.assert_array_equal(got_ids, [[1, 3, 5], [0, 2, 4]])
+
+
+def test_merge_topk_k_above_width_returns_all():
+    rng = np.random.default_rng(2)
+    keys = rng.normal(size=(3, 4)).astype(np.float32)
+    ids = np.arange(12, dtype=np.uint64).reshape(3, 4)
+    got_ids, got_keys = merge_topk(ids, keys, 10)
+    assert got_ids.shape == (3, 4)
+    assert sorted(got_ids[0].tolist()) == [0, 1, 2, 3]
+
+
+def test_merge_topk_carries_stage_keys_and_orders_by_the_first():
+    rng = np.random.default_rng(3)
+    keys = rng.normal(size=(4, 30, 3)).astype(np.float32)
+    ids = np.arange(120, dtype=np.uint64).reshape(4, 30)
+    got_ids, got_keys = merge_topk(ids, keys, 5)
+    assert got_keys.shape == (4, 5, 3)
+    order = np.lexsort((ids, -keys[..., 0]), axis=1)[:, :5]
+    np.testing.assert_array_equal(got_ids, np.take_along_axis(ids, order, axis=1))
+    # The later-stage keys travel with their id, not re-ordered on their own.
+    np.testing.assert_array_equal(got_keys, np.take_along_axis(keys, order[..., None], axis=1))
+
+
+def test_merge_topk_of_shard_concat_equals_topk_of_union():
+    # Merging per-shard top-k lists gives the global top-k: the coordinator's merge.
+    rng = np.random.default_rng(4)
+    keys = tie_heavy_keys(rng, (5, 200), levels=5)
+    ids = rng.permutation(200).astype(np.uint64)
+    ref = np.take_along_axis(np.broadcast_to(ids, keys.shape),
+                             full_sort_columns(keys, ids, 10), axis=1)
+    parts = np.array_split(np.arange(200), 4)
+    shard_ids, shard_keys = [], []
+    for p in parts:
+        sub_ids = np.broadcast_to(ids[p], (5, p.size))
+        i, kk = merge_topk(np.ascontiguousarray(sub_ids), keys[:, p], 10)
+        shard_ids.append(i)
+        shard_keys.append(kk)
+    got, _ = merge_topk(np.concatenate(shard_ids, 1), np.concatenate(shard_keys, 1), 10)
+    np.testing.assert_array_equal(got, ref)
+
+
+# ----- top_columns ---------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 5, 37, 99])
+def test_top_columns_random_keys(k):
+    rng = np.random.default_rng(k)
+    keys = rng.normal(size=(9, 100)).astype(np.float32)
+    col_ids = rng.permutation(1000)[:100].astype(np.uint64)
+    np.testing.assert_array_equal(top_columns(keys, col_ids, k), full_sort_columns(keys, col_ids, k))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 50, 199])
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_top_columns_ties_across_the_cut(k, levels):
+    # With 1-4 distinct key values the k-th key is shared by columns on both
+    # sides of the cut; the smallest ids must win exactly as a full sort says.
+    rng = np.random.default_rng(100 * k + levels)
+    keys = tie_heavy_keys(rng, (16, 200), levels)
+    col_ids = rng.permutation(200).astype(np.uint64) * 3 + 11  # ids not in column order
+    np.testing.assert_array_equal(top_columns(keys, col_ids, k), full_sort_columns(keys, col_ids, k))
+
+
+def test_top_columns_ties_with_minus_inf_columns():
+    # Dead rows score -inf; they must never beat a live tie and must sort last.
+    rng = np.random.default_rng(7)
+    keys = tie_heavy_keys(rng, (6, 60), 2)
+    keys[:, ::3] = -np.inf
+    col_ids = rng.permutation(60).astype(np.uint64)
+    for k in (5, 20, 40):
+        np.testing.assert_array_equal(top_columns(keys, col_ids, k),
+                                      full_sort_columns(keys, col_ids, k))
+
+
+def test_top_columns_k_equals_n_is_a_full_sort():
+    rng = np.random.default_rng(8)
+    keys = tie_heavy_keys(rng, (5, 40), 3)
+    col_ids = rng.permutation(40).astype(np.uint64)
+    np.testing.assert_array_equal(top_columns(keys, col_ids, 40), full_sort_columns(keys, col_ids, 40))
+
+
+def test_top_columns_k_above_n_returns_all_sorted():
+    rng = np.random.default_rng(9)
+    keys = rng.normal(size=(3, 8)).astype(np.float32)
+    col_ids = rng.permutation(8).astype(np.uint64)
+    got = top_columns(keys, col_ids, 50)
+    assert got.shape == (3, 8)
+    np.testing.assert_array_equal(got, full_sort_columns(keys, col_ids, 8))
+
+
+def test_top_columns_empty():
+    assert top_columns(np.empty((2, 0), np.float32), np.empty(0, np.uint64), 5).shape == (2, 0)
+    assert top_columns(np.ones((2, 5), np.float32), np.arange(5, dtype=np.uint64), 0).shape == (2, 0)
+
+
+# ----- run_funnel ----------------------------------------------------------------
+def reference_funnel(ids, stage_keys, keeps, k):
+    """One query at a time with Python sorts: keep the best by each stage's key."""
+    out_ids, out_keys = [], []
+    for q in range(ids.shape[0]):
+        cand = list(range(ids.shape[1]))
+        for s, keep in enumerate(keeps):
+            cand = sorted(cand, key=lambda j: (-stage_keys[q, j, s], int(ids[q, j])))[:keep]
+        cand = sorted(cand, key=lambda j: (-stage_keys[q, j, -1], int(ids[q, j])))[:k]
+        out_ids.append([int(ids[q, j]) for j in cand])
+        out_keys.append([stage_keys[q, j, -1] for j in cand])
+    return np.array(out_ids, dtype=np.uint64), np.array(out_keys, dtype=np.float32)
+
+
+@pytest.mark.parametrize("keeps", [[], [40], [60, 25], [80, 50, 12]])
+def test_run_funnel_matches_reference(keeps):
+    rng = np.random.default_rng(len(keeps))
+    n_q, m = 6, 100
+    ids = np.stack([rng.permutation(1000)[:m] for _ in range(n_q)]).astype(np.uint64)
+    stage_keys = tie_heavy_keys(rng, (n_q, m, len(keeps) + 1), 6)  # ties at every stage
+    got_ids, got_keys = run_funnel(ids, stage_keys, keeps, 10)
+    ref_ids, ref_keys = reference_funnel(ids, stage_keys, keeps, 10)
+    np.testing.assert_array_equal(got_ids, ref_ids)
+    np.testing.assert_array_equal(got_keys, ref_keys)
+
+
+def test_run_funnel_shortlist_changes_the_answer():
+    # A funnel is not a plain rank at the final key: a candidate dropped at
+    # stage 1 cannot come back even if its final key is the best.
+    ids = np.array([[1, 2, 3]], dtype=np.uint64)
+    stage_keys = np.array([[[0.9, 0.1], [0.8, 0.2], [0.1, 0.99]]], dtype=np.float32)
+    got_ids, got_keys = run_funnel(ids, stage_keys, [2], 1)
+    np.testing.assert_array_equal(got_ids, [[2]])
+    np.testing.assert_allclose(got_keys, [[0.2]])
+    no_funnel, _ = run_funnel(ids, stage_keys[..., 1:], [], 1)
+    np.testing.assert_array_equal(no_funnel, [[3]])
