@@ -6,7 +6,9 @@ import logging
 import sys
 
 from nestvec.cluster.server import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT
+from nestvec.cluster.datadir import DataDirError
 from nestvec.cluster.wal import FSYNC_POLICIES
+from nestvec.errors import NestvecError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (DataDirError, NestvecError) as err:  # a problem to report, not a bug to trace
+        print(f"nestvec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "serve":
         from nestvec.cluster.server import serve
         serve(host=args.host, port=args.port, shards=args.shards, ray_address=args.ray_address,

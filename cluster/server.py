@@ -21,6 +21,7 @@ from ray._private import ray_constants
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nestvec.cluster import datadir
 from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
 from nestvec.cluster.gateway import VectorSearchServicer
 from nestvec.v1 import nestvec_pb2, nestvec_pb2_grpc
@@ -130,6 +131,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
     their snapshots and logs) before the gateway starts taking calls, and every
     shard snapshots on a clean shutdown.
     """
+    if data_dir:
+        data_dir = datadir.open_data_dir(data_dir)  # refuse a bad directory before starting Ray
     start_ray(ray_address, namespace)
     coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True,
                               data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval)
