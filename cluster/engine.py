@@ -62,6 +62,7 @@ class ShardEngine:
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
         self._index_rows = np.empty(0, dtype=np.int64)    # their rows
         self._dead_rows: np.ndarray | None = np.empty(0, dtype=np.int64)
+        self._row_terms: dict[int, np.ndarray] = {}  # dim -> per-row scan term, until a write
 
     # ----- size -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -94,6 +95,7 @@ class ShardEngine:
             ins = pos[~found]  # sorted ids keep insertion points monotonic
             self._index_ids = np.insert(self._index_ids, ins, new_ids)
             self._index_rows = np.insert(self._index_rows, ins, rows)
+        self._row_terms.clear()
         return int(ids.size)
 
     def delete(self, ids: np.ndarray) -> int:
@@ -107,6 +109,7 @@ class ShardEngine:
         self._index_ids = np.delete(self._index_ids, pos)
         self._index_rows = np.delete(self._index_rows, pos)
         self._dead_rows = None
+        self._row_terms.clear()
         if self._n - len(self) >= COMPACT_DEAD_FRACTION * self._n:
             self.compact()
         return int(pos.size)
@@ -125,6 +128,7 @@ class ShardEngine:
         self._index_ids = self._row_ids[order].copy()
         self._index_rows = order.astype(np.int64)
         self._dead_rows = np.empty(0, dtype=np.int64)
+        self._row_terms.clear()
 
     # ----- reads ----------------------------------------------------------------
     def get(self, ids: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -180,17 +184,30 @@ class ShardEngine:
         q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
         if self.metric == "cosine":
             keys = _unit_rows(q) @ x.T
-            keys *= _inv_sqrt(self._prefix_sqnorms(slice(0, n), dim))[None, :]
+            keys *= self._scan_term(dim)[None, :]
         elif self.metric == "dot":
             keys = q @ x.T
         else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
             keys = q @ x.T
             keys *= 2
-            keys -= self._prefix_sqnorms(slice(0, n), dim).astype(np.float32)[None, :]
+            keys -= self._scan_term(dim)[None, :]
         dead = self._dead()
         if dead.size:
             keys[:, dead] = -np.inf
         return keys
+
+    def _scan_term(self, dim: int) -> np.ndarray:
+        """Per-row float32 factor of a scan at `dim` (cosine: 1/|x_d|, l2: |x_d|^2).
+
+        Cached per dim until the next write, so repeated searches at a dim pay
+        for the matrix product and the selection only.
+        """
+        term = self._row_terms.get(dim)
+        if term is None:
+            sq = self._prefix_sqnorms(slice(0, self._n), dim)
+            term = _inv_sqrt(sq) if self.metric == "cosine" else sq.astype(np.float32)
+            self._row_terms[dim] = term
+        return term
 
     def _rescore(self, queries: np.ndarray, cols: np.ndarray, dims: list[int]) -> np.ndarray:
         """Keys of rows `cols` ([Q, M]) at each of `dims`: [Q, M, len(dims)].

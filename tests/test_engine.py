@@ -344,3 +344,27 @@ def test_cosine_tiny_but_accepted_values_match_oracle(data):
     res = search(e, data["queries"][:5], k=10)
     assert_matches_oracle(res.ids, res.scores, data["ids"][:300], docs, data["queries"][:5],
                           "cosine", DIM, 10)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_cached_row_norms_follow_every_write(data, metric):
+    # The per-dim scan terms (cosine 1/|x_d|, l2 |x_d|^2) are cached between
+    # writes: search, then replace / insert / delete / compact, then search again.
+    cfg = CollectionConfig.create("t", DIM, metric)
+    e = ShardEngine(cfg)
+    ids, docs, q = data["ids"][:2000], data["docs"][:2000].copy(), data["queries"][:5]
+    e.upsert(ids, docs)
+    search(e, q, dim=64)  # fills the cache at dim 64
+    docs[:300] = data["docs"][3000:3300]          # replace 300 rows in place
+    e.upsert(ids[:300], docs[:300])
+    res = search(e, q, dim=64)
+    assert_matches_oracle(res.ids, res.scores, ids, docs, q, metric, 64, 10)
+    e.delete(ids[:600])                          # tombstones then compaction (>= 1/4 dead)
+    res = search(e, q, dim=64)
+    assert_matches_oracle(res.ids, res.scores, ids[600:], docs[600:], q, metric, 64, 10)
+    new_ids = data["ids"][3000:3100]
+    e.upsert(new_ids, data["docs"][3500:3600])   # appended rows
+    res = search(e, q, dim=64)
+    all_ids = np.concatenate([ids[600:], new_ids])
+    all_docs = np.concatenate([docs[600:], data["docs"][3500:3600]])
+    assert_matches_oracle(res.ids, res.scores, all_ids, all_docs, q, metric, 64, 10)
