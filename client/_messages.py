@@ -134,5 +134,6 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
 
 
 def rpc_error(err) -> NestvecError:
-    """A gRPC error as the matching nestvec error (its code and the server's message)."""
-    return from_code(err.code().name, err.details() or "")
+    """A gRPC error as the matching nestvec error (code, the server's message, request id)."""
+    trailer = dict(err.trailing_metadata() or ())
+    return from_code(err.code().name, err.details() or "", trailer.get("x-request-id", ""))

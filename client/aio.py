@@ -7,7 +7,8 @@ from typing import AsyncIterable, Iterable
 import grpc
 
 from nestvec.client import _messages as m
-from nestvec.client.sync import DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES
+from nestvec.client._channel import auth_metadata, make_channel
+from nestvec.client.sync import DEFAULT_TIMEOUT
 from nestvec.v1 import nestvec_pb2 as pb
 from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
 
@@ -25,13 +26,16 @@ def _wrap_errors(method):
 class AsyncClient:
     """Asyncio client; use `async with AsyncClient(addr) as c:` or call `await close()`."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT,
-                 options: list | None = None):
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT, *,
+                 api_key: str | None = None, tls: bool = False,
+                 root_certificates: bytes | None = None, client_certificate: bytes | None = None,
+                 client_key: bytes | None = None, options: list | None = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=(options or []) + [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._md = auth_metadata(api_key)
+        self._channel = make_channel(address, aio=True, tls=tls, root_certificates=root_certificates,
+                                     client_certificate=client_certificate, client_key=client_key,
+                                     options=options)
         self._stub = pb_grpc.VectorSearchStub(self._channel)
 
     async def close(self) -> None:
@@ -51,29 +55,29 @@ class AsyncClient:
                                 nested_dims=None, shards: int | None = None,
                                 timeout: float | None = None) -> m.CollectionInfo:
         req = m.create_request(name, dim, metric, nested_dims, shards)
-        return m.read_info((await self._stub.CreateCollection(req, timeout=self._t(timeout))).collection)
+        return m.read_info((await self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md)).collection)
 
     @_wrap_errors
     async def describe_collection(self, name: str, timeout: float | None = None) -> m.CollectionInfo:
         resp = await self._stub.DescribeCollection(pb.DescribeCollectionRequest(name=name),
-                                                   timeout=self._t(timeout))
+                                                   timeout=self._t(timeout), metadata=self._md)
         return m.read_info(resp.collection)
 
     @_wrap_errors
     async def list_collections(self, timeout: float | None = None) -> list[m.CollectionInfo]:
-        resp = await self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=self._t(timeout))
+        resp = await self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=self._t(timeout), metadata=self._md)
         return [m.read_info(c) for c in resp.collections]
 
     @_wrap_errors
     async def drop_collection(self, name: str, timeout: float | None = None) -> None:
-        await self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self._t(timeout))
+        await self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self._t(timeout), metadata=self._md)
 
     @_wrap_errors
     async def upsert(self, collection: str, ids, vectors, *, batch_bytes: int = m.DEFAULT_BATCH_BYTES,
                      dtype: str = "float32", timeout: float | None = None) -> int:
         total = 0
         for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype):
-            total += (await self._stub.Upsert(req, timeout=self._t(timeout))).upserted
+            total += (await self._stub.Upsert(req, timeout=self._t(timeout), metadata=self._md)).upserted
         return total
 
     @_wrap_errors
@@ -88,23 +92,23 @@ class AsyncClient:
                 for ids, vectors in batches:
                     for req in m.upsert_requests(collection, ids, vectors, dtype=dtype):
                         yield req
-        resp = await self._stub.UpsertStream(requests(), timeout=self._t(timeout))
+        resp = await self._stub.UpsertStream(requests(), timeout=self._t(timeout), metadata=self._md)
         return m.StreamResult(resp.upserted, resp.batches)
 
     @_wrap_errors
     async def delete(self, collection: str, ids, timeout: float | None = None) -> int:
         req = pb.DeleteRequest(collection=collection, ids=m.as_ids(ids).tolist())
-        return (await self._stub.Delete(req, timeout=self._t(timeout))).deleted
+        return (await self._stub.Delete(req, timeout=self._t(timeout), metadata=self._md)).deleted
 
     @_wrap_errors
     async def get(self, collection: str, ids, dim: int | None = None,
                   timeout: float | None = None) -> m.GetResult:
         req = pb.GetRequest(collection=collection, ids=m.as_ids(ids).tolist(), dim=int(dim or 0))
-        return m.read_get(await self._stub.Get(req, timeout=self._t(timeout)))
+        return m.read_get(await self._stub.Get(req, timeout=self._t(timeout), metadata=self._md))
 
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
                      funnel=None, *, allow_partial: bool = False, dtype: str = "float32",
                      timeout: float | None = None) -> m.SearchResult:
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
-        return m.read_search(await self._stub.Search(req, timeout=self._t(timeout)))
+        return m.read_search(await self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

@@ -7,11 +7,11 @@ from typing import Iterable
 import grpc
 
 from nestvec.client import _messages as m
+from nestvec.client._channel import auth_metadata, make_channel
 from nestvec.v1 import nestvec_pb2 as pb
 from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 30.0
-MAX_MESSAGE_BYTES = 256 << 20
 
 
 def _wrap_errors(method):
@@ -30,13 +30,16 @@ class Client:
     Errors raise `nestvec.NestvecError` subclasses whose `.code` is the gRPC status name.
     """
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT,
-                 options: list | None = None):
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT, *,
+                 api_key: str | None = None, tls: bool = False,
+                 root_certificates: bytes | None = None, client_certificate: bytes | None = None,
+                 client_key: bytes | None = None, options: list | None = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=(options or []) + [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._md = auth_metadata(api_key)
+        self._channel = make_channel(address, aio=False, tls=tls, root_certificates=root_certificates,
+                                     client_certificate=client_certificate, client_key=client_key,
+                                     options=options)
         self._stub = pb_grpc.VectorSearchStub(self._channel)
 
     def close(self) -> None:
@@ -55,28 +58,28 @@ class Client:
     def create_collection(self, name: str, dim: int, metric: str = "cosine", nested_dims=None,
                           shards: int | None = None, timeout: float | None = None) -> m.CollectionInfo:
         req = m.create_request(name, dim, metric, nested_dims, shards)
-        return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout)).collection)
+        return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md).collection)
 
     @_wrap_errors
     def describe_collection(self, name: str, timeout: float | None = None) -> m.CollectionInfo:
         resp = self._stub.DescribeCollection(pb.DescribeCollectionRequest(name=name),
-                                             timeout=self._t(timeout))
+                                             timeout=self._t(timeout), metadata=self._md)
         return m.read_info(resp.collection)
 
     @_wrap_errors
     def list_collections(self, timeout: float | None = None) -> list[m.CollectionInfo]:
-        resp = self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=self._t(timeout))
+        resp = self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=self._t(timeout), metadata=self._md)
         return [m.read_info(c) for c in resp.collections]
 
     @_wrap_errors
     def drop_collection(self, name: str, timeout: float | None = None) -> None:
-        self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self._t(timeout))
+        self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self._t(timeout), metadata=self._md)
 
     @_wrap_errors
     def upsert(self, collection: str, ids, vectors, *, batch_bytes: int = m.DEFAULT_BATCH_BYTES,
                dtype: str = "float32", timeout: float | None = None) -> int:
         """Insert or replace vectors; big arrays go as several requests. Returns rows written."""
-        return sum(self._stub.Upsert(req, timeout=self._t(timeout)).upserted
+        return sum(self._stub.Upsert(req, timeout=self._t(timeout), metadata=self._md).upserted
                    for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype))
 
     @_wrap_errors
@@ -86,19 +89,19 @@ class Client:
         def requests():
             for ids, vectors in batches:
                 yield from m.upsert_requests(collection, ids, vectors, dtype=dtype)
-        resp = self._stub.UpsertStream(requests(), timeout=self._t(timeout))
+        resp = self._stub.UpsertStream(requests(), timeout=self._t(timeout), metadata=self._md)
         return m.StreamResult(resp.upserted, resp.batches)
 
     @_wrap_errors
     def delete(self, collection: str, ids, timeout: float | None = None) -> int:
         req = pb.DeleteRequest(collection=collection, ids=m.as_ids(ids).tolist())
-        return self._stub.Delete(req, timeout=self._t(timeout)).deleted
+        return self._stub.Delete(req, timeout=self._t(timeout), metadata=self._md).deleted
 
     @_wrap_errors
     def get(self, collection: str, ids, dim: int | None = None,
             timeout: float | None = None) -> m.GetResult:
         req = pb.GetRequest(collection=collection, ids=m.as_ids(ids).tolist(), dim=int(dim or 0))
-        return m.read_get(self._stub.Get(req, timeout=self._t(timeout)))
+        return m.read_get(self._stub.Get(req, timeout=self._t(timeout), metadata=self._md))
 
     @_wrap_errors
     def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
@@ -106,4 +109,4 @@ class Client:
                timeout: float | None = None) -> m.SearchResult:
         """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel."""
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
-        return m.read_search(self._stub.Search(req, timeout=self._t(timeout)))
+        return m.read_search(self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nestvec.errors import InvalidArgument
+from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
+from nestvec.errors import InvalidArgument, ResourceExhausted
 
 METRICS = ("cosine", "dot", "l2")
 MAX_DIM = 65_536
 MAX_SHARDS = 256
-MAX_K = 10_000               # results per query
-MAX_CANDIDATES = 100_000     # funnel shortlist size per stage
+MAX_K = DEFAULT_LIMITS.max_k
+MAX_CANDIDATES = DEFAULT_LIMITS.max_candidates
 # Largest squared norm a vector or query may have: keeps every score and l2
 # distance (at most about 4x this) finite in float32 (max ~3.4e38).
 MAX_SQUARED_NORM = 1e37
@@ -98,7 +99,8 @@ class SearchPlan:
         return [c for _, c in self.stages]
 
 
-def check_ids(ids, rows: int | None = None, what: str = "ids") -> np.ndarray:
+def check_ids(ids, rows: int | None = None, what: str = "ids",
+              limit: int = DEFAULT_LIMITS.max_ids) -> np.ndarray:
     """ids as a 1-D uint64 array; `rows` (if given) must match their count."""
     arr = np.asarray(ids)
     if arr.ndim != 1:
@@ -110,14 +112,20 @@ def check_ids(ids, rows: int | None = None, what: str = "ids") -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise InvalidArgument(f"{what} must be integers (uint64), got dtype {arr.dtype}")
     arr = arr.astype(np.uint64, copy=False)
+    if rows is None and arr.size > limit:
+        raise ResourceExhausted(f"{arr.size} {what} in one call is above the limit of {limit}: "
+                                "split them over several calls")
     if rows is not None and arr.size != rows:
         raise InvalidArgument(f"got {arr.size} ids for {rows} vector rows: send exactly one id per row")
     return arr
 
 
-def check_vectors(vectors, cfg: CollectionConfig) -> np.ndarray:
+def check_vectors(vectors, cfg: CollectionConfig, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Vectors to store: [n, cfg.dim] finite float32; non-zero under cosine."""
     arr = _as_matrix(vectors, "vectors")
+    if arr.shape[0] > limits.max_vectors:
+        raise ResourceExhausted(f"{arr.shape[0]} vectors in one upsert is above the limit of "
+                                f"{limits.max_vectors}: split the batch (the SDK's upsert does)")
     if arr.shape[1] != cfg.dim:
         raise InvalidArgument(
             f"vectors have dim {arr.shape[1]} but collection {cfg.name!r} has dim {cfg.dim}: "
@@ -132,9 +140,12 @@ def check_vectors(vectors, cfg: CollectionConfig) -> np.ndarray:
     return arr
 
 
-def check_queries(queries, cfg: CollectionConfig) -> np.ndarray:
+def check_queries(queries, cfg: CollectionConfig, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Query matrix: [Q, d] finite float32 with d <= cfg.dim (checked against the plan later)."""
     arr = _as_matrix(queries, "queries")
+    if arr.shape[0] > limits.max_queries:
+        raise ResourceExhausted(f"{arr.shape[0]} queries in one search is above the limit of "
+                                f"{limits.max_queries}: split the batch")
     if arr.shape[1] > cfg.dim:
         raise InvalidArgument(
             f"queries have dim {arr.shape[1]} but collection {cfg.name!r} has dim {cfg.dim}")
@@ -148,11 +159,11 @@ def check_queries(queries, cfg: CollectionConfig) -> np.ndarray:
 
 
 def plan_search(cfg: CollectionConfig, query_dim: int, k: int, dim: int | None = 0,
-                funnel=None) -> SearchPlan:
+                funnel=None, limits: Limits = DEFAULT_LIMITS) -> SearchPlan:
     """Validate k, dim and funnel stages against the collection and the queries sent."""
     k = int(k)
-    if not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+    if not 1 <= k <= limits.max_k:
+        raise InvalidArgument(f"k must be between 1 and {limits.max_k}, got {k}")
     dim = int(dim or 0) or cfg.dim
     if not 1 <= dim <= cfg.dim:
         raise InvalidArgument(
@@ -178,8 +189,9 @@ def plan_search(cfg: CollectionConfig, query_dim: int, k: int, dim: int | None =
             raise InvalidArgument(
                 f"funnel stage {i} keeps {sc} candidates, fewer than k={k}: every stage must keep "
                 "at least k")
-        if sc > MAX_CANDIDATES:
-            raise InvalidArgument(f"funnel stage {i} keeps {sc} candidates, above the limit {MAX_CANDIDATES}")
+        if sc > limits.max_candidates:
+            raise InvalidArgument(
+                f"funnel stage {i} keeps {sc} candidates, above the limit {limits.max_candidates}")
         stages.append((sd, sc))
     return SearchPlan(k=k, dim=dim, stages=tuple(stages))
 

@@ -36,6 +36,7 @@ from nestvec.cluster import collection as col
 from nestvec.cluster import datadir
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
 from nestvec.cluster.engine import SearchResult, keys_to_scores
 from nestvec.cluster.routing import split_by_shard
 from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
@@ -133,8 +134,10 @@ class Coordinator:
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, default_shards: int = 1,
                  create_catalog: bool = False, data_dir: str | None = None,
-                 fsync: str = "always", fsync_interval: float = 0.05):
+                 fsync: str = "always", fsync_interval: float = 0.05,
+                 limits: Limits = DEFAULT_LIMITS):
         self.namespace = namespace
+        self.limits = limits
         self.default_shards = default_shards
         if create_catalog:
             if data_dir:
@@ -238,7 +241,7 @@ class Coordinator:
         idempotent, so retrying the same upsert is safe.
         """
         c = yield from self._collection(name)
-        vectors = col.check_vectors(vectors, c.config)
+        vectors = col.check_vectors(vectors, c.config, self.limits)
         ids = col.check_ids(ids, vectors.shape[0])
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts])
@@ -248,7 +251,7 @@ class Coordinator:
     def delete(self, name: str, ids) -> Plan:
         """Delete by id; returns how many existed."""
         c = yield from self._collection(name)
-        ids = col.check_ids(ids)
+        ids = col.check_ids(ids, limit=self.limits.max_ids)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         counts = yield Fanout([(c.shards[s].delete, (ids[p],)) for s, p in parts])
         return int(sum(counts))
@@ -257,7 +260,7 @@ class Coordinator:
     @_both
     def get(self, name: str, ids, dim: int | None = None) -> Plan:
         c = yield from self._collection(name)
-        ids = col.check_ids(ids)
+        ids = col.check_ids(ids, limit=self.limits.max_ids)
         dim = int(dim or 0) or c.config.dim
         if not 1 <= dim <= c.config.dim:
             raise InvalidArgument(f"dim {dim} is outside 1..{c.config.dim} (0 means the full dim)")
@@ -280,8 +283,8 @@ class Coordinator:
         `missing_shards` naming the others.
         """
         c = yield from self._collection(name)
-        queries = col.check_queries(queries, c.config)
-        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel)
+        queries = col.check_queries(queries, c.config, self.limits)
+        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
         q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial)
@@ -436,6 +439,17 @@ async def _failed(err: BaseException):
     raise err
 
 
+def _cancel(refs: list) -> None:
+    """Best effort: a shard call still queued is dropped; one already running finishes
+    (each shard applies a write batch whole, so nothing is left half-applied)."""
+    for ref in refs:
+        if isinstance(ref, ray.ObjectRef):
+            try:
+                ray.cancel(ref)
+            except Exception:  # already finished, or not cancellable: nothing to undo
+                pass
+
+
 def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
     deadline = _Deadline(timeout, retry_window)
     try:
@@ -498,10 +512,14 @@ async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i]) for i in todo]
-        got = await asyncio.wait_for(
-            asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
-                           return_exceptions=True),
-            deadline.remaining())
+        try:
+            got = await asyncio.wait_for(
+                asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
+                               return_exceptions=True),
+                deadline.remaining())
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            _cancel(refs)  # deadline passed or the client went away: drop queued shard work
+            raise
         down = []
         for i, r in zip(todo, got):
             if isinstance(r, _ACTOR_DOWN):

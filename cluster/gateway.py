@@ -3,38 +3,134 @@
 It holds no data and does no math: it decodes requests (nestvec.wire), calls
 the coordinator's async methods with the client's deadline, encodes results,
 and maps nestvec errors to gRPC status codes with their message.
+
+Every call goes through one guard (`_rpc`): request id (returned in trailing
+metadata as `x-request-id`), API-key check and role, the concurrency limit,
+error mapping, metrics and one log line. Requests are parsed with
+deserializers that turn undecodable bytes into INVALID_ARGUMENT instead of
+gRPC's UNKNOWN.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
+import uuid
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from nestvec import wire
+from nestvec.cluster import auth
 from nestvec.cluster.collection import CollectionConfig
 from nestvec.cluster.coordinator import Coordinator
-from nestvec.errors import InvalidArgument, NestvecError
+from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster.metrics import GatewayMetrics
+from nestvec.errors import (InvalidArgument, NestvecError, PermissionDenied, ResourceExhausted,
+                            Unauthenticated)
 from nestvec.v1 import nestvec_pb2 as pb
-from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
 
 log = logging.getLogger("nestvec.gateway")
+SERVICE = pb.DESCRIPTOR.services_by_name["VectorSearch"]
+
+
+class Malformed:
+    """Stands in for a request whose bytes are not the expected protobuf message."""
+
+    def __init__(self, type_name: str, error: str):
+        self.type_name, self.error = type_name, error
+
+
+def _safe_deserializer(message_cls):
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except (DecodeError, ValueError, RuntimeError) as err:
+            return Malformed(message_cls.DESCRIPTOR.full_name, str(err))
+    return parse
+
+
+def _check_parsed(request) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"the request is not a valid {request.type_name} message: {request.error}")
+
+
+class CallGuard:
+    """What every call passes before and after its handler: auth, limit, metrics, log."""
+
+    def __init__(self, keys: auth.KeyStore | None, limits: Limits, metrics: GatewayMetrics):
+        self.keys = keys if keys is not None and len(keys) else None
+        self.limits = limits
+        self.metrics = metrics
+        self.in_flight = 0
+
+    def admit(self, call: str, context) -> None:
+        """Raise unless the caller may make this call now; on success, count it in flight."""
+        if self.keys is not None:
+            role = self._role(context)
+            if not auth.allows(role, call):
+                raise PermissionDenied(
+                    f"{call} needs the {auth.CALL_ROLES[call]!r} role; this API key has {role!r}")
+        if self.in_flight >= self.limits.max_concurrent:
+            self.metrics.rejected.inc()
+            raise ResourceExhausted(
+                f"the gateway is serving its limit of {self.limits.max_concurrent} concurrent calls; "
+                "retry with backoff")
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def _role(self, context) -> str:
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
+        role = self.keys.role_for(key.strip())
+        if role is None:
+            raise Unauthenticated("unknown API key")
+        return role
 
 
 def _rpc(handler):
-    """Run a handler with the coordinator's errors mapped to gRPC status codes."""
+    """Run a handler through the guard, with errors mapped to gRPC status codes."""
+    call = handler.__name__
 
     @functools.wraps(handler)
     async def wrapped(self, request, context):
+        request_id = uuid.uuid4().hex[:16]
+        trailer = (("x-request-id", request_id),)
+        context.set_trailing_metadata(trailer)
+        start, code, admitted = time.perf_counter(), "OK", False
         try:
+            self.guard.admit(call, context)
+            admitted = True
+            _check_parsed(request)
             return await handler(self, request, context)
         except NestvecError as err:
-            await context.abort(grpc.StatusCode[err.code], err.message)
+            code = err.code
+            log.info("request_id=%s method=%s code=%s error=%r", request_id, call, code, err.message)
+            await context.abort(grpc.StatusCode[code], err.message, trailing_metadata=trailer)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            code = "CANCELLED"
+            raise
         except Exception:  # a bug, not bad input: log it whole, tell the client little
-            log.exception("%s failed", handler.__name__)
+            code = "INTERNAL"
+            log.exception("request_id=%s method=%s code=INTERNAL", request_id, call)
             await context.abort(grpc.StatusCode.INTERNAL,
-                                f"internal error in {handler.__name__}; see the server log")
+                                f"internal error in {call} (request id {request_id}); "
+                                "see the server log", trailing_metadata=trailer)
+        finally:
+            if admitted:
+                self.guard.release()
+            seconds = time.perf_counter() - start
+            self.guard.metrics.observe(call, code, seconds)
+            log.debug("request_id=%s method=%s code=%s ms=%.3f peer=%s", request_id, call, code,
+                      1000 * seconds, context.peer())
 
     return wrapped
 
@@ -66,9 +162,10 @@ def _ids(values) -> np.ndarray:
     return np.fromiter(values, dtype=np.uint64, count=len(values))
 
 
-class VectorSearchServicer(pb_grpc.VectorSearchServicer):
-    def __init__(self, coordinator: Coordinator):
+class VectorSearchServicer:
+    def __init__(self, coordinator: Coordinator, guard: CallGuard):
         self.coord = coordinator
+        self.guard = guard
 
     @_rpc
     async def CreateCollection(self, request, context):
@@ -104,14 +201,15 @@ class VectorSearchServicer(pb_grpc.VectorSearchServicer):
         total = batches = 0
         collection = None
         async for request in request_iterator:
+            _check_parsed(request)
             collection = request.collection or collection
             if not collection:
                 raise InvalidArgument("the first UpsertStream message must name the collection")
             request.collection = collection
             try:
                 total += await self._upsert(request, context)
-            except InvalidArgument as err:
-                raise InvalidArgument(
+            except (InvalidArgument, ResourceExhausted) as err:
+                raise type(err)(
                     f"batch {batches} of the stream: {err.message} ({batches} earlier batches, "
                     f"{total} rows, were written)") from None
             batches += 1
@@ -149,3 +247,23 @@ class VectorSearchServicer(pb_grpc.VectorSearchServicer):
         return pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)
+
+
+def add_to_server(servicer: VectorSearchServicer, server) -> None:
+    """Register the service with deserializers that never raise (see module doc)."""
+    handlers = {}
+    for m in SERVICE.methods:
+        request_cls = getattr(pb, m.input_type.name)
+        response_cls = getattr(pb, m.output_type.name)
+        make = (grpc.stream_unary_rpc_method_handler if m.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[m.name] = make(getattr(servicer, m.name),
+                                request_deserializer=_safe_deserializer(request_cls),
+                                response_serializer=response_cls.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+
+
+def make_servicer(coordinator: Coordinator, keys: auth.KeyStore | None = None,
+                  limits: Limits = DEFAULT_LIMITS, metrics: GatewayMetrics | None = None
+                  ) -> VectorSearchServicer:
+    return VectorSearchServicer(coordinator, CallGuard(keys, limits, metrics or GatewayMetrics()))

@@ -13,7 +13,9 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
+from dataclasses import dataclass, field
 
 import grpc
 import ray
@@ -22,15 +24,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nestvec.cluster import datadir
+from nestvec.cluster.auth import KeyStore
 from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
-from nestvec.cluster.gateway import VectorSearchServicer
-from nestvec.v1 import nestvec_pb2, nestvec_pb2_grpc
+from nestvec.cluster.gateway import add_to_server, make_servicer
+from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster.metrics import GatewayMetrics
+from nestvec.cluster.security import TlsConfig, check_exposure
+from nestvec.v1 import nestvec_pb2
 
 log = logging.getLogger("nestvec.server")
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only unless the operator asks otherwise
 DEFAULT_PORT = 50051
-DEFAULT_MAX_MESSAGE_BYTES = 256 << 20  # bulk upserts of ~100k x 384 float32 fit
 SERVICE_NAME = nestvec_pb2.DESCRIPTOR.services_by_name["VectorSearch"].full_name
 
 
@@ -60,24 +65,29 @@ class Gateway:
     """The grpc.aio server. `start()` binds and returns the bound port."""
 
     def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 limits: Limits = DEFAULT_LIMITS, keys: KeyStore | None = None,
+                 tls: TlsConfig | None = None, metrics: GatewayMetrics | None = None):
         self.coordinator = coordinator
         self.host, self.port = host, port
-        self.max_message_bytes = max_message_bytes
+        self.limits, self.keys, self.tls = limits, keys, tls
+        self.metrics = metrics or GatewayMetrics()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
-        opts = [("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
+        opts = [("grpc.max_receive_message_length", self.limits.max_message_bytes),
+                ("grpc.max_send_message_length", self.limits.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=opts)
-        nestvec_pb2_grpc.add_VectorSearchServicer_to_server(
-            VectorSearchServicer(self.coordinator), self.server)
+        add_to_server(make_servicer(self.coordinator, self.keys, self.limits, self.metrics),
+                      self.server)
+        # Health checks and reflection (the schema only) stay open without a key.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{_host_for_bind(self.host)}:{self.port}")
+        bind = f"{_host_for_bind(self.host)}:{self.port}"
+        self.port = (self.server.add_secure_port(bind, self.tls.server_credentials()) if self.tls
+                     else self.server.add_insecure_port(bind))
         if self.port == 0:
             raise OSError(f"could not bind {self.host}:{self.port}")
         await self.server.start()
@@ -120,44 +130,68 @@ class GatewayThread:
             self._thread.join(10)
 
 
-def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, shards: int = 1,
-          ray_address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
-          data_dir: str | None = None, fsync: str = "always", fsync_interval: float = 0.05,
-          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 10.0,
-          ready_message: bool = True) -> None:
+@dataclass
+class ServeOptions:
+    """Everything `nestvec serve` takes (the CLI fills it from flags and the environment)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    shards: int = 1
+    ray_address: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    data_dir: str | None = None
+    fsync: str = "always"
+    fsync_interval: float = 0.05
+    limits: Limits = field(default_factory=Limits)
+    keys: KeyStore | None = None
+    tls: TlsConfig | None = None
+    insecure: bool = False
+    metrics_port: int | None = None
+    grace: float = 10.0
+
+
+def serve(opts: ServeOptions) -> None:
     """Run Ray (embedded or attached), the coordinator and the gateway until SIGTERM/SIGINT.
 
-    With `data_dir`, every collection in it is reopened (shards recover from
+    Refuses an unsafe binding before starting anything (security.check_exposure).
+    With a data dir, every collection in it is reopened (shards recover from
     their snapshots and logs) before the gateway starts taking calls, and every
     shard snapshots on a clean shutdown.
     """
-    if data_dir:
-        data_dir = datadir.open_data_dir(data_dir)  # refuse a bad directory before starting Ray
-    start_ray(ray_address, namespace)
-    coordinator = Coordinator(namespace=namespace, default_shards=shards, create_catalog=True,
-                              data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval)
+    has_keys = opts.keys is not None and len(opts.keys) > 0
+    for warning in check_exposure(opts.host, has_keys, opts.tls, opts.insecure):
+        print(f"nestvec serve: warning: {warning}", file=sys.stderr, flush=True)
+    data_dir = datadir.open_data_dir(opts.data_dir) if opts.data_dir else None
+    start_ray(opts.ray_address, opts.namespace)
+    coordinator = Coordinator(namespace=opts.namespace, default_shards=opts.shards,
+                              create_catalog=True, data_dir=data_dir, fsync=opts.fsync,
+                              fsync_interval=opts.fsync_interval, limits=opts.limits)
     opened = coordinator.open_collections()
     if opened:
         log.info("reopened %d collections from %s", len(opened), data_dir)
-    asyncio.run(_serve_async(coordinator, host, port, max_message_bytes, grace, ready_message))
+    metrics = GatewayMetrics(coordinator)
+    if opts.metrics_port is not None:
+        bound = metrics.serve(opts.metrics_port)
+        print(f"metrics on http://127.0.0.1:{bound}/metrics", flush=True)
+    gateway = Gateway(coordinator, opts.host, opts.port, opts.limits, opts.keys, opts.tls, metrics)
+    asyncio.run(_serve_async(gateway, opts.grace))
     if data_dir:
         coordinator.checkpoint(timeout=600)
     ray.shutdown()
 
 
-async def _serve_async(coordinator, host, port, max_message_bytes, grace, ready_message) -> None:
-    gateway = Gateway(coordinator, host, port, max_message_bytes)
+async def _serve_async(gateway: Gateway, grace: float) -> None:
     bound = await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready_message:
-        where = coordinator.settings["data_dir"]
-        durability = (f"data in {where}, fsync {coordinator.settings['fsync']}" if where
-                      else "in memory only: nothing survives a restart")
-        print(f"nestvec serving on {host}:{bound} (Ray namespace {coordinator.namespace!r}; "
-              f"{durability}); Ctrl-C or SIGTERM stops it", flush=True)
+    settings = gateway.coordinator.settings
+    durability = (f"data in {settings['data_dir']}, fsync {settings['fsync']}" if settings["data_dir"]
+                  else "in memory only: nothing survives a restart")
+    print(f"nestvec serving on {gateway.host}:{bound} ({'TLS' if gateway.tls else 'plaintext'}; "
+          f"Ray namespace {gateway.coordinator.namespace!r}; {durability}); "
+          "Ctrl-C or SIGTERM stops it", flush=True)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.0fs)", grace)
     await gateway.stop(grace)

@@ -30,7 +30,7 @@ class ShardActor:
         self.shard = shard
         self.store = DurableShard(self.config, directory, fsync, fsync_interval) if directory else None
         self.engine = self.store.engine if self.store else ShardEngine(self.config)
-        self.restarts = ray.get_runtime_context().was_current_actor_reconstructed
+        self.was_restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> bool:
         return True
@@ -59,11 +59,20 @@ class ShardActor:
         if self.store and self.store.wal.bytes:
             self.store.snapshot()
 
+    def restarts(self) -> int:
+        """How many times Ray restarted this actor (from the GCS actor table)."""
+        try:
+            from ray._private import state  # the public state API needs the dashboard
+            return int(state.actors(ray.get_runtime_context().get_actor_id()).get("NumRestarts", 0))
+        except Exception:
+            return int(bool(self.was_restarted))
+
     def stats(self) -> dict:
         s = self.engine.stats()
         out = {"shard": self.shard, "actor_name": shard_actor_name(self.config.name, self.shard),
                "vectors": s.vectors, "tombstones": s.tombstones,
-               "capacity": s.capacity, "restarted": bool(self.restarts)}
+               "capacity": s.capacity, "restarted": bool(self.was_restarted),
+               "restarts": self.restarts()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
                        recovery_seconds=self.store.recovery_seconds)

@@ -4,11 +4,12 @@ The public API in one place: the gRPC SDK (`Client`, `AsyncClient`), the error
 family, and `connect()` for Ray jobs that talk to the shards without gRPC.
 """
 from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NestvecError,
-                            NotFound, ResourceExhausted, Unavailable)
+                            NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+                            Unavailable)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists", "DeadlineExceeded", "InvalidArgument", "NestvecError", "NotFound",
-    "ResourceExhausted", "Unavailable", "__version__",
+    "PermissionDenied", "ResourceExhausted", "Unauthenticated", "Unavailable", "__version__",
 ]

@@ -13,9 +13,10 @@ class NestvecError(Exception):
 
     code = "UNKNOWN"
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None, request_id: str = ""):
         super().__init__(message)
         self.message = message
+        self.request_id = request_id  # the server's id for the call (its logs name it too)
         if code is not None:
             self.code = code
 
@@ -51,14 +52,24 @@ class Internal(NestvecError):
     code = "INTERNAL"
 
 
+class Unauthenticated(NestvecError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(NestvecError):
+    code = "PERMISSION_DENIED"
+
+
 BY_CODE: dict[str, type[NestvecError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, Unavailable,
-                DeadlineExceeded, Internal)
+                DeadlineExceeded, Internal, Unauthenticated, PermissionDenied)
 }
 
 
-def from_code(code: str, message: str) -> NestvecError:
+def from_code(code: str, message: str, request_id: str = "") -> NestvecError:
     """The subclass for a status name (NestvecError itself for codes without one)."""
     cls = BY_CODE.get(code)
-    return cls(message) if cls else NestvecError(message, code=code)
+    if cls:
+        return cls(message, request_id=request_id)
+    return NestvecError(message, code=code, request_id=request_id)

@@ -1,0 +1,23 @@
+"""Request limits: what one call may ask of a gateway. All configurable on `nestvec serve`.
+
+Beyond a size limit a call fails with RESOURCE_EXHAUSTED and a message saying
+how to split it; k outside its range is INVALID_ARGUMENT (a bad parameter, not
+a big request). The defaults are in docs/security.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int = 10_000                    # results per query
+    max_candidates: int = 100_000          # funnel shortlist per stage
+    max_queries: int = 10_000              # query rows per Search
+    max_vectors: int = 100_000             # rows per Upsert message (UpsertStream: per message)
+    max_ids: int = 100_000                 # ids per Get or Delete
+    max_concurrent: int = 256              # calls in flight per gateway; beyond: RESOURCE_EXHAUSTED at once
+    max_message_bytes: int = 256 << 20     # one gRPC message, either direction
+
+
+DEFAULT_LIMITS = Limits()
