@@ -128,8 +128,9 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=info.name, dim=info.dim, metric=wire.METRIC_FROM_WIRE.get(info.metric, "unknown"),
         nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
-        shard_info=[ShardInfo(s.shard, s.vectors, s.tombstones, s.capacity, s.down, s.wal_bytes,
-                              s.actor_name)
+        shard_info=[ShardInfo(shard=s.shard, vectors=s.vectors, tombstones=s.tombstones,
+                              capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
+                              actor_name=s.actor_name)
                     for s in info.shard_info])
 
 

@@ -169,11 +169,7 @@ class Coordinator:
         (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
-        try:
-            handles = self._spawn_shards(cfg, reuse=False)
-        except BaseException:
-            yield Fanout([(self._catalog.drop, (name,))])
-            raise
+        handles = self._spawn_shards(cfg, reuse=False)
         try:
             yield Fanout([(h.ready, ()) for h in handles])
         except BaseException:
@@ -307,7 +303,7 @@ class Coordinator:
                            "(or list collections to check the name)")
         config = CollectionConfig.from_dict(cfg)
         handles = self._named_handles(config, missing_ok=True)
-        c = _Collection(config, [h if h is not None else _MissingShard(shard_actor_name(name, i))
+        c = _Collection(config, [h if h is not None else _MissingShard(shard_actor_name(config, i))
                                  for i, h in enumerate(handles)])
         if all(h is not None for h in handles):  # look a missing shard up again next time
             self._cache[name] = c
@@ -319,7 +315,7 @@ class Coordinator:
 
     def _spawn_shard(self, cfg: CollectionConfig, i: int, reuse: bool):
         data_dir = self.settings["data_dir"]
-        opts = dict(name=shard_actor_name(cfg.name, i), namespace=self.namespace,
+        opts = dict(name=shard_actor_name(cfg, i), namespace=self.namespace,
                     lifetime="detached", get_if_exists=reuse,
                     # A durable shard restarts and recovers from disk; an in-memory one
                     # must not come back empty and pretend nothing was lost.
@@ -327,20 +323,13 @@ class Coordinator:
         args = (cfg.to_dict(), i,
                 datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None,
                 self.settings["fsync"], self.settings["fsync_interval"])
-        end = time.monotonic() + 10
-        while True:
-            try:
-                return ShardActor.options(**opts).remote(*args)
-            except ValueError:  # the name is still held by a just-dropped incarnation
-                if time.monotonic() > end:
-                    raise Unavailable(f"shard name {opts['name']!r} is still in use; retry") from None
-                time.sleep(0.1)
+        return ShardActor.options(**opts).remote(*args)
 
     def _named_handles(self, cfg: CollectionConfig, missing_ok: bool = False) -> list:
         handles = []
         for i in range(cfg.shards):
             try:
-                handles.append(ray.get_actor(shard_actor_name(cfg.name, i), namespace=self.namespace))
+                handles.append(ray.get_actor(shard_actor_name(cfg, i), namespace=self.namespace))
             except ValueError:
                 if not missing_ok:
                     raise Unavailable(f"shard {i} of collection {cfg.name!r} is not running") from None

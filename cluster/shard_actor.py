@@ -18,8 +18,10 @@ from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
 
 
-def shard_actor_name(collection: str, shard: int) -> str:
-    return f"{collection}/shard-{shard}"
+def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
+    """Unique per incarnation (the uid), so a re-created collection never waits for
+    the old incarnation's actor names to be released."""
+    return f"{cfg.name}.{cfg.uid}/shard-{shard}"
 
 
 @ray.remote(num_cpus=0)  # STACK-NOTES: whole-CPU requests starve a 2-CPU node of actors
@@ -69,7 +71,7 @@ class ShardActor:
 
     def stats(self) -> dict:
         s = self.engine.stats()
-        out = {"shard": self.shard, "actor_name": shard_actor_name(self.config.name, self.shard),
+        out = {"shard": self.shard, "actor_name": shard_actor_name(self.config, self.shard),
                "vectors": s.vectors, "tombstones": s.tombstones,
                "capacity": s.capacity, "restarted": bool(self.was_restarted),
                "restarts": self.restarts()}

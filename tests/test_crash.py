@@ -99,6 +99,12 @@ def verify(client: Client, name: str, ing: Ingest, docs: np.ndarray, queries: np
         assert_matches_oracle(r.ids, r.scores, stored, vecs, queries, "cosine", dim, 10)
 
 
+def actor_name(address: str, collection: str, shard: int) -> str:
+    """A shard's Ray actor name, as DescribeCollection reports it."""
+    with Client(address) as c:
+        return c.describe_collection(collection).shard_info[shard].actor_name
+
+
 def shard_pid(namespace: str, actor_name: str) -> int:
     """The worker PID of a named actor, from Ray's actor table in the GCS."""
     from ray._private import state  # the public state API needs the dashboard, which we don't run
@@ -135,8 +141,9 @@ def test_kill9_shard_actor_during_ingest(durable_gateway, corpus):
         ing.start()
         while ing.batches < 10:
             time.sleep(0.05)
-        victim = shard_pid(ns, f"{name}/shard-0")
-        handle = ray.get_actor(f"{name}/shard-0", namespace=ns)
+        shard0 = actor_name(gw.address, name, 0)
+        victim = shard_pid(ns, shard0)
+        handle = ray.get_actor(shard0, namespace=ns)
         assert ray.get(handle.pid.remote()) == victim
         kill9([victim])
         killed_at = ing.batches

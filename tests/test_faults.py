@@ -13,7 +13,7 @@ from nestvec.cluster import datadir
 from nestvec.errors import Unavailable
 from oracle import assert_matches_oracle
 from proc_util import kill9
-from test_crash import shard_pid
+from test_crash import actor_name, shard_pid
 
 
 def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway, corpus):
@@ -25,7 +25,7 @@ def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway
     with Client(gateway.address, timeout=30) as c:
         c.create_collection(name, dim=384, metric="cosine", shards=3)
         c.upsert(name, ids, docs)
-        kill9([shard_pid(ray_cluster, f"{name}/shard-1")])
+        kill9([shard_pid(ray_cluster, actor_name(gateway.address, name, 1))])
 
         with pytest.raises(Unavailable) as err:
             c.search(name, queries, k=10)

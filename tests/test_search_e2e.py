@@ -255,9 +255,11 @@ def test_duplicate_ids_in_one_upsert_last_wins(client, collection_name, corpus):
     assert written == 2
 
 
-def test_describe_names_the_shard_actors(gateway, client, collection_name):
-    # CollectionInfo.shard_info[i].actor_name is part of the wire contract (nestvec.proto).
-    from nestvec.cluster.shard_actor import shard_actor_name
+def test_describe_names_the_shard_actors(gateway, client, collection_name, ray_cluster):
+    # CollectionInfo.shard_info[i].actor_name is part of the wire contract (nestvec.proto):
+    # the Ray actor a Ray job or an operator can look the shard up by.
+    import ray
+
     from nestvec.v1 import nestvec_pb2 as pb
     from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
 
@@ -266,8 +268,12 @@ def test_describe_names_the_shard_actors(gateway, client, collection_name):
         resp = pb_grpc.VectorSearchStub(ch).DescribeCollection(
             pb.DescribeCollectionRequest(name=collection_name), timeout=30)
     assert [s.shard for s in resp.collection.shard_info] == [0, 1, 2]
-    assert [s.actor_name for s in resp.collection.shard_info] == [
-        shard_actor_name(collection_name, i) for i in range(3)]
+    names = [s.actor_name for s in resp.collection.shard_info]
+    assert [s.actor_name for s in client.describe_collection(collection_name).shard_info] == names
+    assert len(set(names)) == 3 and all(n.startswith(collection_name + ".") for n in names)
+    for i, n in enumerate(names):
+        assert n.endswith(f"/shard-{i}")
+        assert ray.get(ray.get_actor(n, namespace=ray_cluster).ready.remote())
 
 
 # ----- standard gRPC services ---------------------------------------------------------------
