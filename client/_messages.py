@@ -100,8 +100,16 @@ def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BA
                                vectors=wire.encode_matrix(vectors[s: s + step], dtype))
 
 
+def _uint32(value, what: str) -> int:
+    v = int(value or 0)
+    if not 0 <= v < 2**32:
+        raise InvalidArgument(f"{what} must be between 0 and 2**32-1, got {v}")
+    return v
+
+
 def search_request(collection, queries, k, dim, funnel, dtype="float32",
                    allow_partial=False) -> pb.SearchRequest:
+    k, dim = _uint32(k, "k"), _uint32(dim, "dim")
     req = pb.SearchRequest(collection=collection, queries=wire.encode_matrix(as_matrix(queries), dtype),
                            k=int(k), dim=int(dim or 0), allow_partial=bool(allow_partial))
     for stage in funnel or ():
@@ -109,7 +117,7 @@ def search_request(collection, queries, k, dim, funnel, dtype="float32",
             d, c = stage
         except (TypeError, ValueError):
             raise InvalidArgument(f"each funnel stage is a (dim, candidates) pair, got {stage!r}") from None
-        req.funnel.add(dim=int(d), candidates=int(c))
+        req.funnel.add(dim=_uint32(d, "funnel dim"), candidates=_uint32(c, "funnel candidates"))
     return req
 
 
