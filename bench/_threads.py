@@ -47,6 +47,14 @@ def pin_loaded(threads: int) -> dict:
     return info
 
 
+def has_threadpoolctl() -> bool:
+    try:
+        import threadpoolctl  # noqa: F401  (does not import numpy)
+    except ImportError:
+        return False
+    return True
+
+
 def pools() -> list[dict]:
     """The BLAS/OpenMP pools loaded in this process and their thread counts (needs threadpoolctl)."""
     try:
