@@ -129,8 +129,9 @@ def _rpc(handler):
                 self.guard.release()
             seconds = time.perf_counter() - start
             self.guard.metrics.observe(call, code, seconds)
-            log.debug("request_id=%s method=%s code=%s ms=%.3f peer=%s", request_id, call, code,
-                      1000 * seconds, context.peer())
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request_id=%s method=%s code=%s ms=%.3f peer=%s", request_id, call, code,
+                          1000 * seconds, context.peer())
 
     return wrapped
 
@@ -261,6 +262,7 @@ def add_to_server(servicer: VectorSearchServicer, server) -> None:
                                 request_deserializer=_safe_deserializer(request_cls),
                                 response_serializer=response_cls.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # gRPC's faster dispatch
 
 
 def make_servicer(coordinator: Coordinator, keys: auth.KeyStore | None = None,
