@@ -6,6 +6,8 @@ array (binary search, vectorised; no per-id Python work). Deletes leave
 tombstones, compacted away once a quarter of the rows are dead. The squared norm
 of every row at every nested dim is kept, so cosine at a prefix and l2 need no
 extra pass over the data at those dims (and only a partial one in between).
+Small nested prefixes also get a contiguous copy (normalised at their own
+width under cosine), so the cheap first stage of a funnel streams memory.
 
 Scores are computed as "keys", higher is better (see topk.py); l2 keys are the
 negated squared distance. Results convert keys back to the metric's own score.
@@ -20,6 +22,11 @@ from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.topk import run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
+# Nested dims up to this width (and below the full dim) also live in their own
+# contiguous [cap, d] matrix: scanning X[:, :32] as a strided view reads two
+# scattered cache lines per 1,536-byte row, a contiguous copy streams (measured
+# 0.65 ms vs 0.09 ms per 100k rows at d=32). Costs 25% more memory at 384 dims.
+FAST_PREFIX_MAX_DIM = 64
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
 
 
@@ -58,6 +65,8 @@ class ShardEngine:
         self._alive = np.zeros(cap, dtype=bool)
         # float64: squares of tiny (but valid) values underflow float32 and would zero cosines
         self._sqnorms = np.zeros((cap, len(self.nested)), dtype=np.float64)
+        self._fast = {int(d): np.zeros((cap, int(d)), dtype=np.float32) for d in self.nested
+                      if d <= FAST_PREFIX_MAX_DIM and d < self.dim}
         self._n = 0                                       # rows in use (live + dead)
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
         self._index_rows = np.empty(0, dtype=np.int64)    # their rows
@@ -121,6 +130,8 @@ class ShardEngine:
         self._vectors[:m] = self._vectors[keep]
         self._row_ids[:m] = self._row_ids[keep]
         self._sqnorms[:m] = self._sqnorms[keep]
+        for copy in self._fast.values():
+            copy[:m] = copy[keep]
         self._alive[:m] = True
         self._alive[m: self._n] = False
         self._n = m
@@ -180,11 +191,14 @@ class ShardEngine:
     def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
         """[Q, n] keys of every row at prefix `dim`: one matrix product on the view."""
         n = self._n
-        x = self._vectors[:n, :dim]  # strided view: BLAS reads it without a copy
+        fast = self._fast.get(dim)
+        # strided view of the full matrix (BLAS reads it without a copy), or the contiguous copy
+        x = self._vectors[:n, :dim] if fast is None else fast[:n]
         q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
         if self.metric == "cosine":
             keys = _unit_rows(q) @ x.T
-            keys *= self._scan_term(dim)[None, :]
+            if fast is None:  # the copy's rows are already unit length at this dim
+                keys *= self._scan_term(dim)[None, :]
         elif self.metric == "dot":
             keys = q @ x.T
         else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
@@ -263,6 +277,10 @@ class ShardEngine:
             out[:, j] = acc
             prev = d
         self._sqnorms[rows] = out
+        for j, d in enumerate(self.nested.tolist()):
+            if d in self._fast:
+                block = vectors[:, :d]
+                self._fast[d][rows] = block * _inv_sqrt(out[:, j])[:, None] if self.metric == "cosine" else block
 
     def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of `ids` in the sorted index and whether each is present."""
@@ -281,6 +299,7 @@ class ShardEngine:
         self._row_ids = _grow(self._row_ids, new_cap)
         self._alive = _grow(self._alive, new_cap)
         self._sqnorms = _grow(self._sqnorms, new_cap)
+        self._fast = {d: _grow(copy, new_cap) for d, copy in self._fast.items()}
 
     def _dead(self) -> np.ndarray:
         if self._dead_rows is None:
