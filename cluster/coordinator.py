@@ -62,7 +62,7 @@ class _MissingShard:
     def __getattr__(self, method):
         return self
 
-    def remote(self, *args):
+    def remote(self, *args, **kwargs):
         raise ShardMissing(f"shard actor {self.name!r} is not running")
 
 
@@ -76,6 +76,7 @@ class Fanout:
     calls: list[tuple[Any, tuple]]
     partial_ok: bool = False   # a call whose actor stays down yields None instead of failing
     retry: bool = True         # re-issue calls whose actor died (durable shards restart)
+    deadline: bool = False     # pass the request's wall-clock deadline (shard data calls)
 
 
 Plan = Generator[Fanout, list, Any]
@@ -240,7 +241,7 @@ class Coordinator:
         vectors = col.check_vectors(vectors, c.config, self.limits)
         ids = col.check_ids(ids, vectors.shape[0])
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts])
+        yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts], deadline=True)
         return int(np.unique(ids).size)  # rows written: a repeated id is one row (last wins)
 
     @_both
@@ -249,7 +250,7 @@ class Coordinator:
         c = yield from self._collection(name)
         ids = col.check_ids(ids, limit=self.limits.max_ids)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        counts = yield Fanout([(c.shards[s].delete, (ids[p],)) for s, p in parts])
+        counts = yield Fanout([(c.shards[s].delete, (ids[p],)) for s, p in parts], deadline=True)
         return int(sum(counts))
 
     # ----- reads ----------------------------------------------------------------
@@ -261,7 +262,7 @@ class Coordinator:
         if not 1 <= dim <= c.config.dim:
             raise InvalidArgument(f"dim {dim} is outside 1..{c.config.dim} (0 means the full dim)")
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        results = yield Fanout([(c.shards[s].get, (ids[p], dim)) for s, p in parts])
+        results = yield Fanout([(c.shards[s].get, (ids[p], dim)) for s, p in parts], deadline=True)
         found = np.zeros(ids.size, dtype=bool)
         vectors = np.zeros((ids.size, dim), dtype=np.float32)
         for (_, pos), (f, v) in zip(parts, results):
@@ -283,7 +284,7 @@ class Coordinator:
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
         q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
-                             partial_ok=allow_partial)
+                             partial_ok=allow_partial, deadline=True)
         missing = [i for i, p in enumerate(parts) if p is None]
         live = [p for p in parts if p is not None]
         if not live:
@@ -381,6 +382,8 @@ class _Deadline:
     def __init__(self, timeout: float | None, retry_window: float):
         now = time.monotonic()
         self.end = None if timeout is None else now + timeout
+        # The shards compare against the wall clock (another process, maybe another node).
+        self.wall_end = None if timeout is None else time.time() + timeout
         self.retry_end = now + retry_window if self.end is None else min(self.end, now + retry_window)
 
     def remaining(self) -> float | None:
@@ -415,28 +418,17 @@ def _settle(fan: Fanout, results: list, down: list[int], deadline: _Deadline, ba
     raise _translate(results[down[0]])
 
 
-def _issue(call: tuple[Any, tuple]):
+def _issue(call: tuple[Any, tuple], wall_deadline: float | None = None):
     """Submit one actor call; a shard that is not running gives its error instead of a ref."""
     method, args = call
     try:
-        return method.remote(*args)
+        return method.remote(*args, deadline=wall_deadline) if wall_deadline else method.remote(*args)
     except ShardMissing as err:
         return err
 
 
 async def _failed(err: BaseException):
     raise err
-
-
-def _cancel(refs: list) -> None:
-    """Best effort: a shard call still queued is dropped; one already running finishes
-    (each shard applies a write batch whole, so nothing is left half-applied)."""
-    for ref in refs:
-        if isinstance(ref, ray.ObjectRef):
-            try:
-                ray.cancel(ref)
-            except Exception:  # already finished, or not cancellable: nothing to undo
-                pass
 
 
 def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
@@ -458,7 +450,7 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
-        refs = [_issue(fan.calls[i]) for i in todo]
+        refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
         if not any(isinstance(r, ShardMissing) for r in refs):
             try:  # the common case: one wait for all of them
                 for i, r in zip(todo, ray.get(refs, timeout=deadline.remaining())):
@@ -500,14 +492,18 @@ async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
-        refs = [_issue(fan.calls[i]) for i in todo]
+        refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
+        gathered = asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
+                                  return_exceptions=True)
+        # If the wait is abandoned, its outcome is still read, so asyncio logs nothing.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            got = await asyncio.wait_for(
-                asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
-                               return_exceptions=True),
-                deadline.remaining())
+            got = await asyncio.wait_for(gathered, deadline.remaining())
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            _cancel(refs)  # deadline passed or the client went away: drop queued shard work
+            # Deadline passed, or the client went away. Shard calls still queued see
+            # their deadline when they start and return without working (ShardActor);
+            # we do not ray.cancel actor tasks: in tests a cancelled call left the
+            # next call to the same actor waiting until its own deadline.
             raise
         down = []
         for i, r in zip(todo, got):

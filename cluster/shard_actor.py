@@ -9,6 +9,7 @@ __init__, which recovers the shard from disk before any call is served.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import ray
@@ -16,6 +17,7 @@ import ray
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
+from nestvec.errors import DeadlineExceeded
 
 
 def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
@@ -40,17 +42,26 @@ class ShardActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
+    # Data calls take the request's wall-clock deadline: a call that waited in
+    # this actor's queue past it returns at once without touching anything, so an
+    # expired or abandoned request stops costing work (and a late write is not applied).
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, deadline: float | None = None) -> int:
+        _check_deadline(deadline)
         return (self.store or self.engine).upsert(ids, vectors)
 
-    def delete(self, ids: np.ndarray) -> int:
+    def delete(self, ids: np.ndarray, deadline: float | None = None) -> int:
+        _check_deadline(deadline)
         return (self.store or self.engine).delete(ids)
 
-    def get(self, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, ids: np.ndarray, dim: int, deadline: float | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        _check_deadline(deadline)
         return self.engine.get(ids, dim)
 
-    def search_keys(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+    def search_keys(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, keys), or funnel candidates with per-stage keys, for the merge."""
+        _check_deadline(deadline)
         if plan.stages:
             cand = self.engine.funnel_candidates(queries, plan)
             return cand.ids, cand.keys
@@ -79,3 +90,8 @@ class ShardActor:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
                        recovery_seconds=self.store.recovery_seconds)
         return out
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.time() > deadline:
+        raise DeadlineExceeded("the request's deadline passed while this call waited for its shard")

@@ -5,6 +5,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 
@@ -341,3 +342,27 @@ def test_metrics_count_what_was_served(coordinator):
         with Client(gw.address) as c:
             c.drop_collection(name)
         gw.stop()
+
+
+def test_a_write_queued_past_its_deadline_is_not_applied(coordinator, corpus):
+    """A shard busy with a long search; an upsert queued behind it with a short deadline
+    fails with DEADLINE_EXCEEDED, and the shard, reaching it late, skips it."""
+    import threading
+
+    name = f"dlq-{uuid.uuid4().hex[:6]}"
+    coordinator.create_collection(name, 384, "cosine", shards=1)
+    coordinator.upsert(name, np.arange(20_000), corpus["docs"][:20_000])
+    busy = threading.Thread(target=lambda: coordinator.search(
+        name, np.tile(corpus["queries"], (3, 1)), k=10, timeout=120))
+    try:
+        busy.start()
+        time.sleep(0.05)  # the long search is in the shard's queue first
+        with pytest.raises(NestvecError) as err:
+            coordinator.upsert(name, [123_456], corpus["docs"][:1], timeout=0.05)
+        assert err.value.code == "DEADLINE_EXCEEDED"
+        busy.join(120)
+        assert coordinator.get(name, [123_456]).missing_ids.tolist() == [123_456]
+        assert coordinator.describe_collection(name)[1][0]["vectors"] == 20_000
+    finally:
+        busy.join(120)
+        coordinator.drop_collection(name)
