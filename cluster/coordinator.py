@@ -337,10 +337,6 @@ class Coordinator:
                 handles.append(None)
         return handles
 
-    def forget(self, name: str) -> None:
-        """Drop cached handles (after a shard died or the collection was dropped elsewhere)."""
-        self._cache.pop(name, None)
-
     @staticmethod
     def _kill(handles: list) -> None:
         for h in handles:

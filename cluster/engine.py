@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nestvec.cluster import kernels
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.topk import run_funnel, top_columns
 
@@ -27,6 +28,10 @@ COMPACT_DEAD_FRACTION = 0.25
 # scattered cache lines per 1,536-byte row, a contiguous copy streams (measured
 # 0.65 ms vs 0.09 ms per 100k rows at d=32). Costs 25% more memory at 384 dims.
 FAST_PREFIX_MAX_DIM = 64
+# With FAISS installed, batches of kernels.MIN_BATCH+ queries on those copies use
+# its fused scan + top-k (kernels.py) while at most this many rows are dead.
+KERNEL_MAX_DEAD = 4096
+use_kernel = kernels.available()  # module switch: tests run both paths
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
 
 
@@ -168,9 +173,52 @@ class ShardEngine:
 
     def top_keys(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """[Q, min(k, live)] ids and keys of the best rows at prefix `dim`."""
+        rows, keys = self._best_rows(queries, min(k, len(self)), dim)
+        return self._row_ids[rows], keys
+
+    def _best_rows(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, k] rows and keys of the k best live rows at `dim`, by (key desc, id asc)."""
+        found = self._kernel_rows(queries, k, dim)
+        if found is not None:
+            return found
         keys = self._scan_keys(queries, dim)
-        cols = top_columns(keys, self._row_ids[: self._n], min(k, len(self)))
-        return self._row_ids[cols], np.take_along_axis(keys, cols, axis=1)
+        cols = top_columns(keys, self._row_ids[: self._n], k)
+        return cols, np.take_along_axis(keys, cols, axis=1)
+
+    def _kernel_rows(self, queries: np.ndarray, k: int, dim: int):
+        """_best_rows through FAISS's fused kernel, or None where it does not apply.
+
+        It asks for k+1+dead rows, drops dead ones, and keeps the answer only for
+        queries whose k-th and (k+1)-th keys differ: there the top-k set is
+        unique, so FAISS's own tie order cannot change it. Other queries (ties
+        across the cut, rare) are answered by the numpy path.
+        """
+        x = self._fast.get(dim)
+        dead = self._n - len(self)
+        if (not use_kernel or x is None or queries.shape[0] < kernels.MIN_BATCH
+                or dead > KERNEL_MAX_DEAD or k + 1 + dead > self._n):
+            return None
+        q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
+        if self.metric == "cosine":
+            q = _unit_rows(q)  # the copy's rows are unit length too
+        scores, rows = kernels.knn(x[: self._n], q, k + 1 + dead, l2=self.metric == "l2")
+        # l2 keys are |q|^2 - distance (the scan's 2 q.x - |x|^2): keys_to_scores undoes it
+        keys = (np.einsum("ij,ij->i", q, q)[:, None] - scores) if self.metric == "l2" else scores
+        if dead:  # stable: live rows first, in FAISS's order
+            live_first = np.argsort(~self._alive[rows], axis=1, kind="stable")[:, : k + 1]
+            rows = np.take_along_axis(rows, live_first, axis=1)
+            keys = np.take_along_axis(keys, live_first, axis=1)
+        order = np.lexsort((self._row_ids[rows], -keys), axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+        keys = np.take_along_axis(keys, order, axis=1).astype(np.float32)
+        tied = np.flatnonzero(keys[:, k - 1] == keys[:, k]) if k else np.empty(0, int)
+        rows, keys = rows[:, :k].copy(), keys[:, :k].copy()
+        if tied.size:
+            slow = self._scan_keys(queries[tied], dim)
+            cols = top_columns(slow, self._row_ids[: self._n], k)
+            rows[tied] = cols
+            keys[tied] = np.take_along_axis(slow, cols, axis=1)
+        return rows, keys
 
     def funnel_candidates(self, queries: np.ndarray, plan: SearchPlan) -> Candidates:
         """Stage 1 over every live row, then every survivor's key at each later dim.
@@ -179,11 +227,10 @@ class ShardEngine:
         several shards' candidates can run the remaining stages exactly (topk.run_funnel).
         """
         first_dim, first_keep = plan.stages[0]
-        keys1 = self._scan_keys(queries, first_dim)
-        cols = top_columns(keys1, self._row_ids[: self._n], min(first_keep, len(self)))
+        cols, keys1 = self._best_rows(queries, min(first_keep, len(self)), first_dim)
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
-        out[..., 0] = np.take_along_axis(keys1, cols, axis=1)
+        out[..., 0] = keys1
         out[..., 1:] = self._rescore(queries, cols, later_dims)
         return Candidates(self._row_ids[cols], out)
 

@@ -1,0 +1,78 @@
+"""The optional FAISS kernel path gives exactly the numpy path's answers (and the oracle's)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nestvec.cluster import engine as engine_mod
+from nestvec.cluster import kernels
+from nestvec.cluster.collection import CollectionConfig, plan_search
+from nestvec.cluster.engine import ShardEngine
+from oracle import assert_matches_oracle
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="faiss-cpu is in the test extra")
+
+METRICS = ("cosine", "dot", "l2")
+
+
+def _search(e, q, k, dim, kernel: bool, funnel=None):
+    saved = engine_mod.use_kernel
+    engine_mod.use_kernel = kernel
+    try:
+        return e.search(q, plan_search(e.config, q.shape[1], k, dim, funnel))
+    finally:
+        engine_mod.use_kernel = saved
+
+
+@pytest.fixture(scope="module")
+def data(corpus):
+    return corpus["docs"][:8000], corpus["queries"][:40]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim", [32, 64])
+def test_kernel_equals_numpy_and_oracle(data, metric, dim):
+    docs, q = data
+    ids = np.arange(docs.shape[0], dtype=np.uint64) * 5 + 1
+    e = ShardEngine(CollectionConfig.create("k", 384, metric))
+    e.upsert(ids, docs)
+    fast, slow = _search(e, q, 10, dim, True), _search(e, q, 10, dim, False)
+    np.testing.assert_array_equal(fast.ids, slow.ids)
+    np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-5)
+    assert_matches_oracle(fast.ids, fast.scores, ids, docs, q, metric, dim, 10)
+    # the funnel's first stage goes through the kernel too
+    f = _search(e, q, 10, 384, True, funnel=[(dim, 200)])
+    assert_matches_oracle(f.ids, f.scores, ids, docs, q, metric, 384, 10, [(dim, 200)])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_kernel_skips_deleted_rows(data, metric):
+    docs, q = data
+    ids = np.arange(docs.shape[0], dtype=np.uint64)
+    e = ShardEngine(CollectionConfig.create("k", 384, metric))
+    e.upsert(ids, docs)
+    # delete the current best answers (and some more), below the compaction threshold
+    best = _search(e, q, 10, 32, False).ids
+    dead = np.unique(np.concatenate([best.ravel(), ids[::7]]))
+    e.delete(dead)
+    assert e.stats().tombstones > 0
+    fast = _search(e, q, 10, 32, True)
+    assert not np.isin(fast.ids, dead).any()
+    live = ~np.isin(ids, dead)
+    assert_matches_oracle(fast.ids, fast.scores, ids[live], docs[live], q, metric, 32, 10)
+
+
+def test_ties_across_the_cut_go_to_the_smaller_id():
+    # 30 identical vectors tie for the top; k=10 must return the 10 smallest ids.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 64)).astype(np.float32)
+    x[100:130] = x[0] * 5  # same direction, larger than everything else in dot
+    ids = rng.permutation(np.arange(1000, 1500)).astype(np.uint64)
+    e = ShardEngine(CollectionConfig.create("k", 64, "dot", [32, 64]))
+    e.upsert(ids, x)
+    q = np.tile(x[0], (25, 1))
+    fast = _search(e, q, 10, 32, True)
+    smallest = np.sort(ids[100:130])[:10]
+    for row in fast.ids:
+        np.testing.assert_array_equal(row, smallest)
+    np.testing.assert_array_equal(fast.ids, _search(e, q, 10, 32, False).ids)
