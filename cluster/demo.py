@@ -105,8 +105,8 @@ def _report(client: Client, name: str, s: dict, examples: int) -> None:
     for label, rec, ms in rows:
         print(f"  {label:<28} {rec:>9.3f} {ms:>9.2f} ms")
     print("\nWhat a 32-dim prefix keeps (12x smaller) vs the full 384 dims:")
-    small = client.search(name, q[:examples], k=3, dim=32).ids
-    for i in range(examples):
+    small = client.search(name, q, k=3, dim=32).ids
+    for i in _examples(s, full_ids[:, :3], small, examples):
         qid = int(s["query_ids"][i])
         print(f"\n  query: {s['query_text'][qid]!r}")
         for label, ids in (("dim 32 ", small[i]), ("dim 384", full_ids[i][:3])):
@@ -114,6 +114,15 @@ def _report(client: Client, name: str, s: dict, examples: int) -> None:
                 mark = "*" if int(doc) == s["relevant"][qid] else " "
                 print(f"    {label if rank == 0 else '       '} {mark} {_short(s['doc_text'][int(doc)])}")
     print("\n  (* = the gloss of the synset the query sentence came from)")
+
+
+def _examples(s: dict, full: np.ndarray, small: np.ndarray, n: int) -> list[int]:
+    """Queries whose source gloss the full dims rank in the top 3, those the
+    32-dim prefix misses first: they show what truncation loses."""
+    rel = np.array([s["relevant"][int(q)] for q in s["query_ids"]], dtype=np.uint64)[:, None]
+    in_full, in_small = (full == rel).any(axis=1), (small == rel).any(axis=1)
+    picks = list(np.flatnonzero(in_full & ~in_small)) + list(np.flatnonzero(in_full & in_small))
+    return [int(i) for i in picks[:n]]
 
 
 def _score(client, name, queries, truth, **kw) -> tuple[float, float]:
