@@ -28,6 +28,9 @@ def _serve_parser(sub) -> None:
     s.add_argument("--namespace", default="nestvec", help="Ray namespace of the shard actors")
     s.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight calls get to finish on SIGTERM/SIGINT")
+    s.add_argument("--batch-window-ms", type=float, default=1.0,
+                   help="while a search is in flight, stack same-shaped searches arriving "
+                        "within this window into one shard call (0 turns it off; default %(default)s)")
 
     d = s.add_argument_group("durability")
     d.add_argument("--data-dir", default="nestvec-data",
@@ -103,7 +106,8 @@ def _serve_options(args):
         limits=Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}),
         keys=KeyStore.load(args.api_keys_file),
         tls=TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
-        insecure=args.insecure, metrics_port=args.metrics_port, grace=args.grace)
+        insecure=args.insecure, metrics_port=args.metrics_port,
+        batch_window=args.batch_window_ms / 1000, grace=args.grace)
 
 
 def _run(args) -> int:

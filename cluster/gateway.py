@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from nestvec import wire
 from nestvec.cluster import auth
+from nestvec.cluster.batcher import SearchBatcher
 from nestvec.cluster.collection import CollectionConfig
 from nestvec.cluster.coordinator import Coordinator
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
@@ -164,9 +165,10 @@ def _ids(values) -> np.ndarray:
 
 
 class VectorSearchServicer:
-    def __init__(self, coordinator: Coordinator, guard: CallGuard):
+    def __init__(self, coordinator: Coordinator, guard: CallGuard, batcher: SearchBatcher):
         self.coord = coordinator
         self.guard = guard
+        self.batcher = batcher
 
     @_rpc
     async def CreateCollection(self, request, context):
@@ -242,9 +244,8 @@ class VectorSearchServicer:
             raise InvalidArgument("queries are missing: send a Matrix with one query per row")
         queries = wire.decode_matrix(request.queries, "queries")
         funnel = [(s.dim, s.candidates) for s in request.funnel]
-        res = await self.coord.asearch(request.collection, queries, request.k, request.dim,
-                                       funnel, request.allow_partial,
-                                       timeout=context.time_remaining())
+        res = await self.batcher.search(request.collection, queries, request.k, request.dim,
+                                        funnel, request.allow_partial, context.time_remaining())
         return pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)
@@ -266,6 +267,8 @@ def add_to_server(servicer: VectorSearchServicer, server) -> None:
 
 
 def make_servicer(coordinator: Coordinator, keys: auth.KeyStore | None = None,
-                  limits: Limits = DEFAULT_LIMITS, metrics: GatewayMetrics | None = None
-                  ) -> VectorSearchServicer:
-    return VectorSearchServicer(coordinator, CallGuard(keys, limits, metrics or GatewayMetrics()))
+                  limits: Limits = DEFAULT_LIMITS, metrics: GatewayMetrics | None = None,
+                  batch_window: float = 0.001) -> VectorSearchServicer:
+    metrics = metrics or GatewayMetrics()
+    return VectorSearchServicer(coordinator, CallGuard(keys, limits, metrics),
+                                SearchBatcher(coordinator, batch_window, metrics=metrics))

@@ -29,6 +29,12 @@ class GatewayMetrics:
         self.rejected = Counter("nestvec_requests_rejected",
                                 "calls refused at once because the gateway was at its concurrency limit",
                                 registry=self.registry)
+        self.search_batches = Counter("nestvec_search_batches",
+                                      "stacked shard calls made from concurrent searches",
+                                      registry=self.registry)
+        self.batched_queries = Counter("nestvec_search_batched_queries",
+                                       "query rows answered through stacked shard calls",
+                                       registry=self.registry)
         if coordinator is not None:
             self.registry.register(_ShardCollector(coordinator))
 

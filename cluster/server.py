@@ -66,8 +66,10 @@ class Gateway:
 
     def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits = DEFAULT_LIMITS, keys: KeyStore | None = None,
-                 tls: TlsConfig | None = None, metrics: GatewayMetrics | None = None):
+                 tls: TlsConfig | None = None, metrics: GatewayMetrics | None = None,
+                 batch_window: float = 0.001):
         self.coordinator = coordinator
+        self.batch_window = batch_window
         self.host, self.port = host, port
         self.limits, self.keys, self.tls = limits, keys, tls
         self.metrics = metrics or GatewayMetrics()
@@ -79,8 +81,8 @@ class Gateway:
                 ("grpc.max_send_message_length", self.limits.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=opts)
-        add_to_server(make_servicer(self.coordinator, self.keys, self.limits, self.metrics),
-                      self.server)
+        add_to_server(make_servicer(self.coordinator, self.keys, self.limits, self.metrics,
+                                    self.batch_window), self.server)
         # Health checks and reflection (the schema only) stay open without a key.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -147,6 +149,7 @@ class ServeOptions:
     tls: TlsConfig | None = None
     insecure: bool = False
     metrics_port: int | None = None
+    batch_window: float = 0.001
     grace: float = 10.0
 
 
@@ -173,7 +176,8 @@ def serve(opts: ServeOptions) -> None:
     if opts.metrics_port is not None:
         bound = metrics.serve(opts.metrics_port)
         print(f"metrics on http://127.0.0.1:{bound}/metrics", flush=True)
-    gateway = Gateway(coordinator, opts.host, opts.port, opts.limits, opts.keys, opts.tls, metrics)
+    gateway = Gateway(coordinator, opts.host, opts.port, opts.limits, opts.keys, opts.tls, metrics,
+                      opts.batch_window)
     asyncio.run(_serve_async(gateway, opts.grace))
     if data_dir:
         coordinator.checkpoint(timeout=600)

@@ -1,0 +1,119 @@
+"""Search micro-batching in the gateway: many small concurrent searches, one shard call.
+
+Each shard call has a fixed cost (a Ray task, a BLAS call, a top-k pass), so
+200 single-query searches cost far more as 200 calls than as one call of 200
+rows. Searches with the same shape (collection, k, dim, funnel, partial,
+query width) that arrive while another search is in flight are stacked for
+up to `window` seconds (or `max_rows` rows), searched together, and each caller
+gets exactly its own rows back.
+
+At low load nothing waits: a search that arrives when none is in flight goes
+straight out, so batching adds latency only when there is a queue to batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nestvec.cluster.coordinator import ClusterSearchResult, Coordinator
+from nestvec.errors import InvalidArgument, ResourceExhausted
+
+
+@dataclass
+class _Member:
+    queries: np.ndarray
+    future: asyncio.Future
+    deadline: float | None  # monotonic
+
+
+@dataclass
+class _Batch:
+    members: list[_Member] = field(default_factory=list)
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class SearchBatcher:
+    def __init__(self, coordinator: Coordinator, window: float = 0.001, max_rows: int = 256,
+                 metrics=None):
+        self.coord = coordinator
+        self.window = window
+        self.max_rows = max_rows
+        self.metrics = metrics
+        self._pending: dict[tuple, _Batch] = {}
+        self._in_flight = 0
+
+    async def search(self, name: str, queries: np.ndarray, k: int, dim: int, funnel: list,
+                     allow_partial: bool, timeout: float | None) -> ClusterSearchResult:
+        key = (name, int(k), int(dim or 0), tuple(tuple(s) for s in funnel), bool(allow_partial),
+               queries.ndim == 2 and queries.shape[1])
+        if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= self.max_rows or (
+                self._in_flight == 0 and key not in self._pending):
+            return await self._run(key, queries, timeout)
+        loop = asyncio.get_running_loop()
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch()
+            batch.timer = loop.call_later(self.window, self._flush, key)
+        member = _Member(queries, loop.create_future(),
+                         None if timeout is None else time.monotonic() + timeout)
+        batch.members.append(member)
+        batch.rows += queries.shape[0]
+        if batch.rows >= self.max_rows:
+            batch.timer.cancel()
+            self._flush(key)
+        return await member.future
+
+    async def _run(self, key: tuple, queries: np.ndarray, timeout: float | None):
+        name, k, dim, funnel, partial, _ = key
+        self._in_flight += 1
+        try:
+            return await self.coord.asearch(name, queries, k, dim, [list(s) for s in funnel],
+                                            partial, timeout=timeout)
+        finally:
+            self._in_flight -= 1
+
+    def _flush(self, key: tuple) -> None:
+        batch = self._pending.pop(key, None)
+        if batch is not None:
+            asyncio.get_running_loop().create_task(self._search_batch(key, batch.members))
+
+    async def _search_batch(self, key: tuple, members: list[_Member]) -> None:
+        if self.metrics is not None:
+            self.metrics.search_batches.inc()
+            self.metrics.batched_queries.inc(sum(m.queries.shape[0] for m in members))
+        now = time.monotonic()
+        ends = [m.deadline for m in members]
+        timeout = None if None in ends else max(0.0, max(ends) - now)
+        try:
+            res = await self._run(key, np.concatenate([m.queries for m in members]), timeout)
+        except (InvalidArgument, ResourceExhausted):
+            # One member's bad or oversized input must not fail the others: run each alone.
+            await asyncio.gather(*[self._alone(key, m) for m in members])
+            return
+        except Exception as err:  # the shards failed: every member sees it
+            for m in members:
+                if not m.future.done():
+                    m.future.set_exception(err)
+            return
+        start = 0
+        for m in members:
+            end = start + m.queries.shape[0]
+            if not m.future.done():
+                m.future.set_result(ClusterSearchResult(res.ids[start:end], res.scores[start:end],
+                                                        list(res.missing_shards)))
+            start = end
+
+    async def _alone(self, key: tuple, m: _Member) -> None:
+        timeout = None if m.deadline is None else max(0.0, m.deadline - time.monotonic())
+        try:
+            result = await self._run(key, m.queries, timeout)
+        except Exception as err:
+            if not m.future.done():
+                m.future.set_exception(err)
+            return
+        if not m.future.done():
+            m.future.set_result(result)
