@@ -356,7 +356,7 @@ def test_a_write_queued_past_its_deadline_is_not_applied(coordinator, corpus):
         name, np.tile(corpus["queries"], (3, 1)), k=10, timeout=120))
     try:
         busy.start()
-        time.sleep(0.05)  # the long search is in the shard's queue first
+        time.sleep(0.3)  # the long search (~1 s of work) is in the shard's queue first
         with pytest.raises(NestvecError) as err:
             coordinator.upsert(name, [123_456], corpus["docs"][:1], timeout=0.05)
         assert err.value.code == "DEADLINE_EXCEEDED"
