@@ -338,6 +338,8 @@ def test_metrics_count_what_was_served(coordinator):
         counts = re.findall(rf'nestvec_shard_vectors{{collection="{name}",shard="\d"}} (\d+)', text)
         assert sorted(map(float, counts)) and sum(map(float, counts)) == 50
         assert f'nestvec_shard_up{{collection="{name}",shard="0"}} 1.0' in text
+        for gauge in ("nestvec_shard_wal_bytes", "nestvec_shard_restarts", "nestvec_shard_tombstones"):
+            assert f'{gauge}{{collection="{name}",shard="1"}} 0.0' in text  # in-memory, never restarted
     finally:
         with Client(gw.address) as c:
             c.drop_collection(name)
