@@ -136,6 +136,8 @@ def recover(config: CollectionConfig, directory: str) -> tuple[ShardEngine, int,
     for m in map(_WAL.match, names):  # logs older than the snapshot are fully inside it
         if m and int(m.group(1)) < seq:
             _remove(os.path.join(directory, m.group(0)))
+    for old in snaps[:-1]:  # a crash between renaming a snapshot in and removing its predecessor
+        shutil.rmtree(os.path.join(directory, f"snapshot-{old:08d}"), ignore_errors=True)
     return engine, seq, replayed
 
 

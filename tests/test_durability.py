@@ -225,3 +225,22 @@ def test_a_foreign_non_empty_directory_is_refused(tmp_path):
     (tmp_path / "somefile").write_text("not ours")
     with pytest.raises(datadir.DataDirError, match="not a nestvec data directory"):
         datadir.open_data_dir(str(tmp_path))
+
+
+def test_crash_between_snapshot_rename_and_cleanup(tmp_path):
+    """Both snapshots and both logs on disk: the newer pair wins, the older is removed."""
+    d = str(tmp_path / "s")
+    rng = np.random.default_rng(6)
+    shard = DurableShard(CFG, d)
+    first = _vecs(rng, 10)
+    shard.upsert(np.arange(10, dtype=np.uint64), first)
+    shard.snapshot()                                   # snapshot 1 + wal-1
+    shard.upsert(np.arange(10, 15, dtype=np.uint64), _vecs(rng, 5))
+    shard.wal.close()
+    # Recreate the older generation, as if the cleanup after snapshot 1 never ran.
+    import shutil
+    shutil.copytree(os.path.join(d, "snapshot-00000001"), os.path.join(d, "snapshot-00000000"))
+    open(os.path.join(d, "wal-00000000.log"), "wb").close()
+    engine, seq, replayed = recover(CFG, d)
+    assert (seq, replayed, len(engine)) == (1, 1, 15)
+    assert sorted(os.listdir(d)) == ["snapshot-00000001", "wal-00000001.log"]
