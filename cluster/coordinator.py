@@ -158,6 +158,12 @@ class Coordinator:
         except ray_errors.RayActorError as err:  # the catalog could not open the data dir
             last_line = str(err).strip().splitlines()[-1]  # the constructor's own error
             raise Unavailable(f"the catalog failed to start: {last_line}") from None
+        if create_catalog and self.settings["data_dir"] != data_dir:
+            # get_if_exists attached us to a catalog another server started differently
+            raise Unavailable(
+                f"Ray namespace {namespace!r} already holds a nestvec catalog for data dir "
+                f"{self.settings['data_dir'] or '(in memory)'}, not {data_dir or '(in memory)'}: "
+                "use the same --data-dir, or another --namespace")
         self._retry = RETRY_WINDOW_S if self.settings["data_dir"] else 0.0
         self._cache: dict[str, _Collection] = {}
 

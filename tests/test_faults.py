@@ -69,3 +69,16 @@ def test_a_newer_data_dir_format_is_refused_before_anything_starts(ray_cluster, 
     (d / "MANIFEST.json").write_text(json.dumps({"format_version": datadir.FORMAT_VERSION + 1}))
     with pytest.raises(datadir.DataDirError, match="upgrade nestvec"):
         Coordinator(namespace=f"{ray_cluster}-newer", create_catalog=True, data_dir=str(d))
+
+
+def test_a_second_server_with_another_data_dir_in_the_same_namespace_is_refused(ray_cluster, tmp_path):
+    from nestvec.cluster.coordinator import Coordinator
+
+    ns = f"{ray_cluster}-two-{uuid.uuid4().hex[:4]}"
+    Coordinator(namespace=ns, create_catalog=True)  # in memory
+    try:
+        with pytest.raises(Unavailable, match="already holds a nestvec catalog"):
+            Coordinator(namespace=ns, create_catalog=True, data_dir=str(tmp_path / "d"))
+        Coordinator(namespace=ns, create_catalog=True)  # the same settings attach fine
+    finally:
+        ray.kill(ray.get_actor("catalog", namespace=ns))
