@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 
 from nestvec.cluster.auth import ROLES, KeyFileError
@@ -14,6 +15,7 @@ from nestvec.cluster.wal import FSYNC_POLICIES
 from nestvec.errors import NestvecError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 50051
+DEFAULT_SHARDS = max(1, min(os.cpu_count() or 1, 8))  # one shard per core, up to 8
 
 
 def _serve_parser(sub) -> None:
@@ -21,8 +23,12 @@ def _serve_parser(sub) -> None:
     s.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (default %(default)s: loopback only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port (default %(default)s)")
-    s.add_argument("--shards", type=int, default=2,
-                   help="default shard count for new collections (default %(default)s)")
+    s.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                   help="default shard count for new collections (default: one per core, "
+                        "up to 8; here %(default)s)")
+    s.add_argument("--shard-threads", type=int, default=1,
+                   help="BLAS/OpenMP threads per shard (default %(default)s: scale with shards, "
+                        "see docs/benchmarks.md)")
     s.add_argument("--ray-address", default=None,
                    help="attach to this Ray cluster instead of starting an embedded one")
     s.add_argument("--namespace", default="nestvec", help="Ray namespace of the shard actors")
@@ -100,7 +106,8 @@ def _serve_options(args):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ExposureRefused("--tls-cert and --tls-key go together")
     return ServeOptions(
-        host=args.host, port=args.port, shards=args.shards, ray_address=args.ray_address,
+        host=args.host, port=args.port, shards=args.shards, shard_threads=args.shard_threads,
+        ray_address=args.ray_address,
         namespace=args.namespace, data_dir=None if args.in_memory else args.data_dir,
         fsync=args.fsync, fsync_interval=args.fsync_interval,
         limits=Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}),

@@ -136,7 +136,7 @@ class Coordinator:
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, default_shards: int = 1,
                  create_catalog: bool = False, data_dir: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05,
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, shard_threads: int = 1):
         self.namespace = namespace
         self.limits = limits
         self.default_shards = default_shards
@@ -145,7 +145,7 @@ class Coordinator:
                 data_dir = datadir.open_data_dir(data_dir)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
-                lifetime="detached").remote(data_dir, fsync, fsync_interval)
+                lifetime="detached").remote(data_dir, fsync, fsync_interval, shard_threads)
         else:
             try:
                 self._catalog = ray.get_actor(CATALOG_ACTOR, namespace=namespace)
@@ -329,7 +329,8 @@ class Coordinator:
                     max_restarts=-1 if data_dir else 0)
         args = (cfg.to_dict(), i,
                 datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None,
-                self.settings["fsync"], self.settings["fsync_interval"])
+                self.settings["fsync"], self.settings["fsync_interval"],
+                self.settings.get("shard_threads", 1))
         return ShardActor.options(**opts).remote(*args)
 
     def _named_handles(self, cfg: CollectionConfig, missing_ok: bool = False) -> list:

@@ -28,6 +28,12 @@ def available() -> bool:
     return faiss is not None
 
 
+def set_threads(n: int) -> None:
+    """FAISS's OpenMP pool (its BLAS is covered by threadpoolctl with numpy's)."""
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+
+
 def knn(x: np.ndarray, q: np.ndarray, k: int, l2: bool) -> tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k], rows [Q, k]) of the k best rows of contiguous `x` for each query:
     inner products (higher first), or squared l2 distances (lower first)."""

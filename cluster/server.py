@@ -139,6 +139,7 @@ class ServeOptions:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     shards: int = 1
+    shard_threads: int = 1
     ray_address: str | None = None
     namespace: str = DEFAULT_NAMESPACE
     data_dir: str | None = None
@@ -168,7 +169,8 @@ def serve(opts: ServeOptions) -> None:
     start_ray(opts.ray_address, opts.namespace)
     coordinator = Coordinator(namespace=opts.namespace, default_shards=opts.shards,
                               create_catalog=True, data_dir=data_dir, fsync=opts.fsync,
-                              fsync_interval=opts.fsync_interval, limits=opts.limits)
+                              fsync_interval=opts.fsync_interval, limits=opts.limits,
+                              shard_threads=opts.shard_threads)
     opened = coordinator.open_collections()
     if opened:
         log.info("reopened %d collections from %s", len(opened), data_dir)

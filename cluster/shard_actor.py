@@ -29,7 +29,8 @@ def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
 @ray.remote(num_cpus=0)  # STACK-NOTES: whole-CPU requests starve a 2-CPU node of actors
 class ShardActor:
     def __init__(self, config: dict, shard: int, directory: str | None = None,
-                 fsync: str = "always", fsync_interval: float = 0.05):
+                 fsync: str = "always", fsync_interval: float = 0.05, threads: int = 1):
+        _limit_threads(threads)
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
         self.store = DurableShard(self.config, directory, fsync, fsync_interval) if directory else None
@@ -41,6 +42,12 @@ class ShardActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def thread_pools(self) -> list[dict]:
+        """The BLAS/OpenMP pools in this worker and their thread counts."""
+        import threadpoolctl
+        return [{"api": p["internal_api"], "threads": p["num_threads"]}
+                for p in threadpoolctl.threadpool_info()]
 
     # Data calls take the request's wall-clock deadline: a call that waited in
     # this actor's queue past it returns at once without touching anything, so an
@@ -95,3 +102,18 @@ class ShardActor:
 def _check_deadline(deadline: float | None) -> None:
     if deadline is not None and time.time() > deadline:
         raise DeadlineExceeded("the request's deadline passed while this call waited for its shard")
+
+
+def _limit_threads(n: int) -> None:
+    """Pin this worker's BLAS and OpenMP pools to `n` threads.
+
+    Shards are how nestvec uses a machine's cores; each shard's math stays on a
+    fixed number of threads so shards on one node do not oversubscribe it (Ray
+    already starts workers with OMP_NUM_THREADS=1; this makes it explicit and
+    configurable with `nestvec serve --shard-threads`).
+    """
+    import threadpoolctl
+
+    from nestvec.cluster import kernels
+    threadpoolctl.threadpool_limits(n)
+    kernels.set_threads(n)
