@@ -288,7 +288,7 @@ class ShardEngine:
                 qd = q[:, :d]
                 if self.metric == "cosine":
                     qd = _unit_rows(np.ascontiguousarray(qd))
-                dots = np.einsum("qmd,qd->qm", rows[..., :d], qd)
+                dots = np.matmul(rows[..., :d], qd[:, :, None])[..., 0]  # batched BLAS gemv
                 if self.metric == "cosine":
                     dots *= _inv_sqrt(self._prefix_sqnorms(c, d, rows))
                 elif self.metric == "l2":

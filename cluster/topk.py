@@ -79,6 +79,7 @@ def run_funnel(ids: np.ndarray, stage_keys: np.ndarray, keeps: list[int], k: int
     lists run through this gives exactly the single-node funnel's answer.
     """
     for keep in keeps:
-        ids, stage_keys = merge_topk(ids, stage_keys, keep)
+        if keep < ids.shape[1]:  # a stage that keeps everyone changes nothing: skip its sort
+            ids, stage_keys = merge_topk(ids, stage_keys, keep)
         stage_keys = stage_keys[..., 1:]  # this stage's key is spent
     return merge_topk(ids, stage_keys[..., 0], k)

@@ -1,0 +1,149 @@
+"""Recall vs QPS on corpusA: nestvec flat prefixes and funnels, FAISS flat, hnswlib.
+
+One run, same threads for everything (default 2), queries in batches of 1 and 32,
+recall@10 against the exact full-384 ground truth:
+
+- nestvec ShardEngine, exact flat search at each nested prefix dim;
+- nestvec funnels: shortlist at 32/64/128 dims, re-rank at 384;
+- FAISS IndexFlatIP at 384 (the exact baseline);
+- hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef.
+
+    .venv/bin/pip install -e '.[bench]' hnswlib
+    .venv/bin/python bench/bench_recall_qps.py          # ~4 min (hnswlib build ~50 s)
+    .venv/bin/python bench/bench_recall_qps.py --quick  # 20k docs
+
+Writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _threads  # noqa: E402  (thread env vars must be set before numpy loads)
+
+FUNNELS = [(32, 400), (32, 1000), (64, 100), (64, 200), (64, 400), (128, 50), (128, 100)]
+EFS = [16, 32, 64, 128, 256]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per method and batch")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="bench_recall_qps")
+    return p.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
+    _threads.pin_env(a.threads)
+    import numpy as np
+
+    import _common as C
+    import faiss
+    threads_info = _threads.pin_loaded(a.threads)
+    try:
+        import hnswlib
+    except ImportError:
+        sys.exit("hnswlib is not installed: .venv/bin/pip install hnswlib")
+    from nestvec.cluster.collection import CollectionConfig, plan_search
+    from nestvec.cluster.engine import ShardEngine
+
+    corpus = C.load_corpus(a.data or C.DEFAULT_DATA, docs=20_000 if a.quick else None)
+    docs, queries, gt = corpus.docs, corpus.queries, corpus.gt_ids
+    dim, k = docs.shape[1], 10
+    C.log(f"{docs.shape[0]} docs x {dim}, {queries.shape[0]} queries, {a.threads} threads")
+
+    engine = ShardEngine(CollectionConfig.create("bench", dim, "cosine"))
+    engine.upsert(np.arange(docs.shape[0], dtype=np.uint64), docs)
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(unit)
+    faiss.cvar.distance_compute_blas_threshold = 20  # STACK-NOTES: else no BLAS below 128000
+    t = time.perf_counter()
+    hnsw = hnswlib.Index(space="ip", dim=dim)
+    hnsw.init_index(max_elements=docs.shape[0], M=16, ef_construction=200)
+    hnsw.set_num_threads(a.threads)
+    hnsw.add_items(unit, np.arange(docs.shape[0]))
+    hnsw_build = time.perf_counter() - t
+    C.log(f"hnswlib build (M=16, ef_construction=200): {hnsw_build:.1f} s")
+
+    def normed(q):
+        return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+    methods = []  # (family, label, search(q) -> [Q, k] row ids)
+    for d in engine.config.nested_dims:
+        plan = plan_search(engine.config, dim, k, d)
+        methods.append(("nestvec flat", f"flat {d}", lambda q, p=plan: engine.search(q, p).ids))
+    for fd, keep in FUNNELS:
+        plan = plan_search(engine.config, dim, k, dim, [(fd, keep)])
+        methods.append(("nestvec funnel", f"funnel {fd}:{keep}",
+                        lambda q, p=plan: engine.search(q, p).ids))
+    methods.append(("FAISS flat", "faiss flat 384", lambda q: flat.search(normed(q), k)[1]))
+    for ef in EFS:
+        def hnsw_search(q, ef=ef):
+            hnsw.set_ef(max(ef, k))
+            return hnsw.knn_query(normed(q), k=k)[0]
+        methods.append(("hnswlib", f"hnsw ef={ef}", hnsw_search))
+
+    points = []
+    for family, label, search in methods:
+        rec = C.recall(search(queries), gt, k)
+        pt = {"family": family, "label": label, "recall": round(rec, 4)}
+        for b in (1, 32):
+            timing = C.interleaved({label: search}, C.batches(queries, b), a.seconds)[label]
+            pt[f"qps_b{b}"] = round(timing.qps, 1)
+            pt[f"p50_ms_b{b}"] = round(timing.pct(50) * 1e3, 3)
+        points.append(pt)
+        C.log(f"  {label:<18} recall@10 {rec:.3f}  QPS batch 1 {pt['qps_b1']:>8,.0f}  "
+              f"batch 32 {pt['qps_b32']:>8,.0f}")
+    path = C.write_results(a.out + ("_quick" if a.quick else ""), {
+        "docs": int(docs.shape[0]), "threads": threads_info, "hnsw_build_s": round(hnsw_build, 1),
+        "machine": C.machine(), "points": points})
+    C.log(f"wrote {path}")
+    rows = [[p["label"], f"{p['recall']:.3f}", f"{p['qps_b1']:,.0f}", f"{p['qps_b32']:,.0f}"]
+            for p in points]
+    print(C.markdown_table(["method", "recall@10", "QPS batch 1", "QPS batch 32"], rows))
+    if not a.quick:
+        plot(points, C.REPO / "docs" / "img" / "recall_vs_qps.png", docs.shape[0], a.threads)
+
+
+def plot(points, out, n_docs, threads) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+        return
+    styles = {"nestvec flat": ("o-", "tab:blue"), "nestvec funnel": ("*", "tab:green"),
+              "FAISS flat": ("s", "tab:orange"), "hnswlib": ("^-", "tab:red")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, b in zip(axes, (1, 32)):
+        for family, (marker, color) in styles.items():
+            pts = [p for p in points if p["family"] == family]
+            ax.plot([p["recall"] for p in pts], [p[f"qps_b{b}"] for p in pts], marker,
+                    color=color, label=family, markersize=8 if marker == "*" else 6)
+            for p in pts:
+                if family in ("nestvec funnel", "hnswlib", "nestvec flat"):
+                    ax.annotate(p["label"].split(" ", 1)[1], (p["recall"], p[f"qps_b{b}"]),
+                                fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10 vs exact full-384 search")
+        ax.set_ylabel("queries / second (higher is better)")
+        ax.set_title(f"batch {b}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"corpusA ({n_docs:,} x 384), {threads} threads, one run: recall vs QPS")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
