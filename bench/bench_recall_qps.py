@@ -8,7 +8,7 @@ recall@10 against the exact full-384 ground truth:
 - FAISS IndexFlatIP at 384 (the exact baseline);
 - hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef.
 
-    .venv/bin/pip install -e '.[bench]' hnswlib
+    .venv/bin/pip install -e '.[bench]'     # faiss-cpu, matplotlib, hnswlib (compiles)
     .venv/bin/python bench/bench_recall_qps.py          # ~4 min (hnswlib build ~50 s)
     .venv/bin/python bench/bench_recall_qps.py --quick  # 20k docs
 
