@@ -216,6 +216,17 @@ def test_async_client(gateway, collection_name, corpus):
             flat = await ac.search(collection_name, q, k=K)
             fun = await ac.search(collection_name, q, k=K, dim=128, funnel=[(32, 200)])
             got = await ac.get(collection_name, ids[[5, 0]])
+
+            async def more():  # an async iterable of batches, for a bulk load
+                for s in range(0, 1000, 250):
+                    yield ids[s: s + 250] + np.uint64(1), docs[s: s + 250]
+            summary = await ac.upsert_stream(collection_name, more())
+            assert (summary.upserted, summary.batches) == (1000, 4)
+            assert await ac.delete(collection_name, ids[:10] + np.uint64(1)) == 10
+            assert (await ac.describe_collection(collection_name)).vectors == 3990
+            assert collection_name in [c.name for c in await ac.list_collections()]
+            await ac.drop_collection(collection_name)
+            assert collection_name not in [c.name for c in await ac.list_collections()]
             return flat, fun, got
 
     flat, fun, got = asyncio.run(main())
