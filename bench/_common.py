@@ -31,11 +31,25 @@ class Corpus:
 
 
 def load_corpus(path: str | os.PathLike, docs: int | None = None, queries: int | None = None) -> Corpus:
-    """corpusA as float32. With `docs` below the full count the ground truth is recomputed."""
+    """Vectors to benchmark on, as float32.
+
+    An .npz with `docs` and `queries` arrays (corpusA's layout; its `gt_ids` are
+    used when the whole file is), or a plain [n, dim] .npy of your own: then 1,000
+    rows (or `queries`) are held out as queries, seeded. Ground truth that the
+    file does not give is computed exactly with numpy.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         sys.exit(f"data not found: {path} (see ../shared/data/README.md, or pass --data)")
-    z = np.load(path)
+    if path.suffix == ".npy":
+        allv = np.load(path)
+        held = np.random.default_rng(0).permutation(allv.shape[0])
+        n_q = min(queries or 1000, allv.shape[0] // 10)
+        z = {"docs": allv[np.sort(held[n_q:])], "queries": allv[held[:n_q]]}
+        files: list[str] = []
+    else:
+        z = np.load(path)
+        files = z.files
     d, q = z["docs"], z["queries"]
     if queries:
         q = q[:queries]
@@ -44,7 +58,7 @@ def load_corpus(path: str | os.PathLike, docs: int | None = None, queries: int |
         d = d[:docs]
     d = d.astype(np.float32)
     q = q.astype(np.float32)
-    if full and "gt_ids" in z.files:
+    if full and "gt_ids" in files:
         gt, src = z["gt_ids"][: q.shape[0]], "gt_ids from the data file"
     else:
         gt, src = exact_cosine_topk(d, q, 100), f"recomputed exactly (numpy) on the first {d.shape[0]} docs"
