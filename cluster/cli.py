@@ -10,11 +10,10 @@ import sys
 from nestvec.cluster.auth import ROLES, KeyFileError
 from nestvec.cluster.datadir import DataDirError
 from nestvec.cluster.limits import Limits
-from nestvec.cluster.security import ExposureRefused
+from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, ExposureRefused
 from nestvec.cluster.wal import FSYNC_POLICIES
 from nestvec.errors import NestvecError
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 50051
 DEFAULT_SHARDS = max(1, min(os.cpu_count() or 1, 8))  # one shard per core, up to 8
 
 

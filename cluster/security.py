@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import grpc
 
 
+DEFAULT_HOST = "127.0.0.1"  # loopback only unless the operator asks otherwise
+DEFAULT_PORT = 50051
+
+
 class ExposureRefused(Exception):
     pass
 

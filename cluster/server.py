@@ -29,13 +29,11 @@ from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
 from nestvec.cluster.gateway import add_to_server, make_servicer
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
 from nestvec.cluster.metrics import GatewayMetrics
-from nestvec.cluster.security import TlsConfig, check_exposure
+from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, TlsConfig, check_exposure
 from nestvec.v1 import nestvec_pb2
 
 log = logging.getLogger("nestvec.server")
 
-DEFAULT_HOST = "127.0.0.1"  # loopback only unless the operator asks otherwise
-DEFAULT_PORT = 50051
 SERVICE_NAME = nestvec_pb2.DESCRIPTOR.services_by_name["VectorSearch"].full_name
 
 
