@@ -46,6 +46,8 @@ class SearchResult:
     ids: np.ndarray     # uint64
     scores: np.ndarray  # float32
     missing_shards: list[int] = field(default_factory=list)  # only with allow_partial=True
+    funnel_used: list[tuple[int, int]] = field(default_factory=list)  # with target_recall / "auto"
+    calibrated_recall: float | None = None                       # with target_recall / "auto"
 
 
 @dataclass
@@ -107,11 +109,19 @@ def _uint32(value, what: str) -> int:
     return v
 
 
+AUTO_TARGET_RECALL = 0.95  # funnel="auto"
+
+
 def search_request(collection, queries, k, dim, funnel, dtype="float32",
-                   allow_partial=False) -> pb.SearchRequest:
+                   allow_partial=False, target_recall=None) -> pb.SearchRequest:
     k, dim = _uint32(k, "k"), _uint32(dim, "dim")
+    if isinstance(funnel, str):
+        if funnel != "auto":
+            raise InvalidArgument(f"funnel must be a list of (dim, candidates) stages or 'auto', got {funnel!r}")
+        funnel, target_recall = None, target_recall or AUTO_TARGET_RECALL
     req = pb.SearchRequest(collection=collection, queries=wire.encode_matrix(as_matrix(queries), dtype),
-                           k=int(k), dim=int(dim or 0), allow_partial=bool(allow_partial))
+                           k=int(k), dim=int(dim or 0), allow_partial=bool(allow_partial),
+                           target_recall=float(target_recall or 0))
     for stage in funnel or ():
         try:
             d, c = stage
@@ -123,8 +133,11 @@ def search_request(collection, queries, k, dim, funnel, dtype="float32",
 
 def read_search(resp: pb.SearchResponse) -> SearchResult:
     shape = (resp.queries, resp.k)
+    planned = resp.calibrated_recall > 0
     return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape),
-                        list(resp.missing_shards))
+                        list(resp.missing_shards),
+                        [(s.dim, s.candidates) for s in resp.funnel_used],
+                        float(resp.calibrated_recall) if planned else None)
 
 
 def read_get(resp: pb.GetResponse) -> GetResult:

@@ -108,7 +108,9 @@ class AsyncClient:
 
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
-                     funnel=None, *, allow_partial: bool = False, dtype: str = "float32",
+                     funnel=None, *, allow_partial: bool = False, target_recall: float | None = None,
+               dtype: str = "float32",
                      timeout: float | None = None) -> m.SearchResult:
-        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
+        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
+                               target_recall)
         return m.read_search(await self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

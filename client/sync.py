@@ -105,8 +105,15 @@ class Client:
 
     @_wrap_errors
     def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
-               *, allow_partial: bool = False, dtype: str = "float32",
+               *, allow_partial: bool = False, target_recall: float | None = None,
+               dtype: str = "float32",
                timeout: float | None = None) -> m.SearchResult:
-        """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel."""
-        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial)
+        """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel.
+
+        `funnel`: a list of (dim, candidates) stages, or "auto". `target_recall`
+        (instead of a funnel): the recall@k needed; the result says which funnel
+        ran (`funnel_used`) and its `calibrated_recall`.
+        """
+        req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
+                               target_recall)
         return m.read_search(self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

@@ -47,7 +47,11 @@ class SearchBatcher:
         self._in_flight = 0
 
     async def search(self, name: str, queries: np.ndarray, k: int, dim: int, funnel: list,
-                     allow_partial: bool, timeout: float | None) -> ClusterSearchResult:
+                     allow_partial: bool, timeout: float | None,
+                     target_recall: float | None = None) -> ClusterSearchResult:
+        if target_recall:  # planned searches go straight through (they may calibrate first)
+            return await self.coord.asearch(name, queries, k, dim, funnel, allow_partial,
+                                            target_recall, timeout=timeout)
         key = (name, int(k), int(dim or 0), tuple(tuple(s) for s in funnel), bool(allow_partial),
                queries.ndim == 2 and queries.shape[1])
         if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= self.max_rows or (

@@ -51,6 +51,12 @@ class CatalogActor:
             self._persist()
         return config
 
+    def set_calibration(self, name: str, k: int, curve: dict) -> None:
+        """Keep a collection's funnel calibration at k with it (planner.py)."""
+        if name in self._collections:
+            self._collections[name].setdefault("calibration", {})[str(k)] = curve
+            self._persist()
+
     def get(self, name: str) -> dict | None:
         return self._collections.get(name)
 

@@ -22,6 +22,7 @@ collection is dropped, or with the Ray cluster.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import shutil
 import time
@@ -33,7 +34,7 @@ import ray
 from ray import exceptions as ray_errors
 
 from nestvec.cluster import collection as col
-from nestvec.cluster import datadir
+from nestvec.cluster import datadir, planner
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
@@ -93,9 +94,12 @@ class GetResult:
 
 @dataclass
 class ClusterSearchResult(SearchResult):
-    """A SearchResult plus the shards that did not answer (only with allow_partial)."""
+    """A SearchResult plus the shards that did not answer (only with allow_partial),
+    and, for a target_recall search, the funnel that ran and its calibrated recall."""
 
     missing_shards: list[int] = field(default_factory=list)
+    funnel_used: list = field(default_factory=list)
+    calibrated_recall: float | None = None
 
 
 @dataclass
@@ -166,6 +170,8 @@ class Coordinator:
                 "use the same --data-dir, or another --namespace")
         self._retry = RETRY_WINDOW_S if self.settings["data_dir"] else 0.0
         self._cache: dict[str, _Collection] = {}
+        self._observed: dict[str, collections.deque] = {}  # recent query rows, for calibration
+        self._curves: dict[tuple[str, int], tuple[planner.Curve, float]] = {}  # -> (curve, checked at)
 
     # ----- catalog --------------------------------------------------------------
     @_both
@@ -278,16 +284,32 @@ class Coordinator:
 
     @_both
     def search(self, name: str, queries, k: int = 10, dim: int | None = None,
-               funnel=None, allow_partial: bool = False) -> Plan:
+               funnel=None, allow_partial: bool = False, target_recall: float | None = None,
+               _record: bool = True) -> Plan:
         """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel.
 
         A shard that is down fails the search with UNAVAILABLE, unless
         `allow_partial`: then the live shards' merged answer comes back with
-        `missing_shards` naming the others.
+        `missing_shards` naming the others. With `target_recall` instead of a
+        funnel, the cheapest calibrated funnel that reaches it runs (planner.py).
         """
         c = yield from self._collection(name)
         queries = col.check_queries(queries, c.config, self.limits)
+        chosen = None
+        if target_recall:
+            if funnel:
+                raise InvalidArgument("give either a funnel or target_recall, not both")
+            if not 0 < float(target_recall) <= 1:
+                raise InvalidArgument(f"target_recall must be in (0, 1], got {target_recall}")
+            if int(dim or 0) not in (0, c.config.dim):
+                raise InvalidArgument("target_recall plans funnels ranked at the full dim: leave dim at 0")
+            curve = yield from self._curve(c, int(k))
+            chosen = curve.pick(float(target_recall))
+            funnel = [list(s) for s in chosen.stages]
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
+        if _record and queries.shape[1] == c.config.dim:
+            rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
+            rows.extend(queries[:64])
         q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True)
@@ -296,7 +318,77 @@ class Coordinator:
         if not live:
             raise Unavailable(f"no shard of collection {name!r} is reachable; retry later")
         res = merge_shard_results(c.config.metric, queries, plan, live)
-        return ClusterSearchResult(res.ids, res.scores, missing)
+        return ClusterSearchResult(res.ids, res.scores, missing,
+                                   [list(s) for s in plan.stages] if chosen else [],
+                                   chosen.recall if chosen else None)
+
+    @_both
+    def calibrate(self, name: str, k: int = 10, queries=None) -> Plan:
+        """Measure recall@k and cost of candidate funnels for a collection (planner.py).
+
+        Sample: `queries` if given, else the query rows this coordinator served
+        recently (at least planner.MIN_OBSERVED), else stored vectors.
+        """
+        c = yield from self._collection(name)
+        curve = yield from self._calibrate(c, int(k), queries)
+        return curve
+
+    def _curve(self, c: _Collection, k: int):
+        """Sub-plan: the collection's calibration at k, made or refreshed when needed."""
+        key = (c.config.name, k)
+        cached = self._curves.get(key)
+        if cached is None:
+            (rec,) = yield Fanout([(self._catalog.get, (c.config.name,))])
+            stored = ((rec or {}).get("calibration") or {}).get(str(k))
+            if stored:
+                cached = (planner.Curve.from_dict(stored), 0.0)
+        if cached is not None and time.monotonic() - cached[1] < 10:
+            return cached[0]
+        live = yield from self._live_count(c)
+        if cached is not None and not cached[0].stale(live):
+            self._curves[key] = (cached[0], time.monotonic())
+            return cached[0]
+        curve = yield from self._calibrate(c, k, None)
+        return curve
+
+    def _live_count(self, c: _Collection):
+        stats = yield Fanout([(h.stats, ()) for h in c.shards])
+        return int(sum(s["vectors"] for s in stats))
+
+    def _calibrate(self, c: _Collection, k: int, queries):
+        cfg, name = c.config, c.config.name
+        live = yield from self._live_count(c)
+        if live <= k:
+            raise InvalidArgument(f"collection {name!r} has {live} vectors: too few to calibrate at k={k}")
+        own = None
+        observed = self._observed.get(name)
+        if queries is not None:
+            sample, source = col.check_queries(queries, cfg, self.limits), "queries"
+        elif observed is not None and len(observed) >= planner.MIN_OBSERVED:
+            sample, source = np.stack(list(observed)), "queries"
+        else:
+            per = max(1, 300 // cfg.shards)
+            got = yield Fanout([(h.sample, (per,)) for h in c.shards])
+            own = np.concatenate([g[0] for g in got])
+            sample, source = np.concatenate([g[1] for g in got]), "stored"
+        extra = 0 if own is None else 1  # a stored vector finds itself: ask one more, drop it
+        exact = yield from Coordinator.search.__wrapped__(self, name, sample, k + extra, _record=False)
+        truth = planner.drop_self(exact.ids, own, k)
+        schedules = []
+        for stages in planner.candidate_schedules(cfg.nested_dims, cfg.dim, k, live, cfg.shards):
+            if stages:
+                res = yield from Coordinator.search.__wrapped__(
+                    self, name, sample, k + extra, None, [list(s) for s in stages], _record=False)
+                found = planner.drop_self(res.ids, own, k)
+                rec, low = planner.recall(found, truth)
+            else:
+                rec = low = 1.0
+            schedules.append(planner.Schedule(stages, rec, planner.cost(stages, cfg.dim, live, cfg.shards),
+                                              low))
+        curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules))
+        self._curves[(name, k)] = (curve, time.monotonic())
+        yield Fanout([(self._catalog.set_calibration, (name, k, curve.to_dict()))])
+        return curve
 
     # ----- internals ------------------------------------------------------------
     def _collection(self, name: str):

@@ -245,10 +245,16 @@ class VectorSearchServicer:
         queries = wire.decode_matrix(request.queries, "queries")
         funnel = [(s.dim, s.candidates) for s in request.funnel]
         res = await self.batcher.search(request.collection, queries, request.k, request.dim,
-                                        funnel, request.allow_partial, context.time_remaining())
-        return pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
+                                        funnel, request.allow_partial, context.time_remaining(),
+                                        request.target_recall or None)
+        resp = pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)
+        if res.calibrated_recall is not None:
+            for d, c in res.funnel_used:
+                resp.funnel_used.add(dim=d, candidates=c)
+            resp.calibrated_recall = res.calibrated_recall
+        return resp
 
 
 def add_to_server(servicer: VectorSearchServicer, server) -> None:

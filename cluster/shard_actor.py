@@ -74,6 +74,13 @@ class ShardActor:
             return cand.ids, cand.keys
         return self.engine.top_keys(queries, plan.k, plan.dim)
 
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Up to n random live (ids, vectors), for funnel calibration."""
+        ids = self.engine.ids()
+        pick = np.random.default_rng(seed).choice(ids.size, min(n, ids.size), replace=False)
+        found, vectors = self.engine.get(ids[pick])
+        return ids[pick][found], vectors
+
     def checkpoint(self) -> None:
         """Snapshot now (clean shutdown), so the next start replays no log."""
         if self.store and self.store.wal.bytes:

@@ -192,31 +192,37 @@ class FunnelStage(_message.Message):
     def __init__(self, dim: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "dim", "funnel", "allow_partial")
+    __slots__ = ("collection", "queries", "k", "dim", "funnel", "allow_partial", "target_recall")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     FUNNEL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
     dim: int
     funnel: _containers.RepeatedCompositeFieldContainer[FunnelStage]
     allow_partial: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    target_recall: float
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., allow_partial: _Optional[bool] = ..., target_recall: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("queries", "k", "ids", "scores", "missing_shards")
+    __slots__ = ("queries", "k", "ids", "scores", "missing_shards", "funnel_used", "calibrated_recall")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    FUNNEL_USED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_RECALL_FIELD_NUMBER: _ClassVar[int]
     queries: int
     k: int
     ids: bytes
     scores: bytes
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    funnel_used: _containers.RepeatedCompositeFieldContainer[FunnelStage]
+    calibrated_recall: float
+    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., missing_shards: _Optional[_Iterable[int]] = ..., funnel_used: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., calibrated_recall: _Optional[float] = ...) -> None: ...
