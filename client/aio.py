@@ -108,8 +108,8 @@ class AsyncClient:
 
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
-                     funnel=None, *, allow_partial: bool = False, target_recall: float | None = None,
-               dtype: str = "float32",
+                     funnel=None, *, allow_partial: bool = False,
+                     target_recall: float | None = None, dtype: str = "float32",
                      timeout: float | None = None) -> m.SearchResult:
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
                                target_recall)
