@@ -309,7 +309,7 @@ class Coordinator:
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
         if _record and queries.shape[1] == c.config.dim:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
-            rows.extend(queries[:64])
+            rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
         q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True)
