@@ -31,6 +31,7 @@ class CollectionInfo:
     metric: str
     nested_dims: list[int]
     shards: int
+    first_stage: str = "float32"         # precision of funnel shortlists (create_collection)
     vectors: int = 0                     # filled by describe_collection
     shard_info: list[ShardInfo] = field(default_factory=list)
 
@@ -82,13 +83,18 @@ def as_matrix(values) -> np.ndarray:
     return arr[None, :] if arr.ndim == 1 else arr
 
 
-def create_request(name, dim, metric, nested_dims, shards) -> pb.CreateCollectionRequest:
+def create_request(name, dim, metric, nested_dims, shards, first_stage=None
+                   ) -> pb.CreateCollectionRequest:
     m = wire.METRIC_TO_WIRE.get(str(metric).lower())
     if m is None:
         raise InvalidArgument(f"unknown metric {metric!r}: use one of {', '.join(wire.METRIC_TO_WIRE)}")
+    p = wire.PRECISION_TO_WIRE.get(str(first_stage or "float32").lower())
+    if p is None:
+        raise InvalidArgument(f"unknown first_stage {first_stage!r}: use one of "
+                              f"{', '.join(wire.PRECISION_TO_WIRE)}")
     return pb.CreateCollectionRequest(name=name, dim=int(dim), metric=m,
                                       nested_dims=[int(d) for d in nested_dims or ()],
-                                      shards=int(shards or 0))
+                                      shards=int(shards or 0), first_stage=p)
 
 
 def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -149,6 +155,7 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=info.name, dim=info.dim, metric=wire.METRIC_FROM_WIRE.get(info.metric, "unknown"),
         nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
+        first_stage=wire.PRECISION_FROM_WIRE.get(info.first_stage, "unknown"),
         shard_info=[ShardInfo(shard=s.shard, vectors=s.vectors, tombstones=s.tombstones,
                               capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
                               actor_name=s.actor_name)

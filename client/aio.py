@@ -53,8 +53,9 @@ class AsyncClient:
     @_wrap_errors
     async def create_collection(self, name: str, dim: int, metric: str = "cosine",
                                 nested_dims=None, shards: int | None = None,
-                                timeout: float | None = None) -> m.CollectionInfo:
-        req = m.create_request(name, dim, metric, nested_dims, shards)
+                                timeout: float | None = None,
+                                first_stage: str = "float32") -> m.CollectionInfo:
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage)
         return m.read_info((await self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md)).collection)
 
     @_wrap_errors

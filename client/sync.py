@@ -56,8 +56,11 @@ class Client:
 
     @_wrap_errors
     def create_collection(self, name: str, dim: int, metric: str = "cosine", nested_dims=None,
-                          shards: int | None = None, timeout: float | None = None) -> m.CollectionInfo:
-        req = m.create_request(name, dim, metric, nested_dims, shards)
+                          shards: int | None = None, timeout: float | None = None,
+                          first_stage: str = "float32") -> m.CollectionInfo:
+        """first_stage: "float32", "float16" or "int8" copies of the leading dims for funnel
+        shortlists (docs/funnel-planning.md); returned scores are exact either way."""
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage)
         return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md).collection)
 
     @_wrap_errors

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster.lowp import PRECISIONS
 from nestvec.errors import InvalidArgument, ResourceExhausted
 
 METRICS = ("cosine", "dot", "l2")
@@ -43,11 +44,12 @@ class CollectionConfig:
     nested_dims: tuple[int, ...] = field(default=())
     shards: int = 1
     uid: str = ""  # fresh per creation: names this incarnation's files on disk
+    first_stage: str = "float32"  # precision of funnel shortlists at dims <= lowp.LOWP_MAX_DIM
 
     @staticmethod
     def create(name: str, dim: int, metric: str = "cosine",
                nested_dims: list[int] | tuple[int, ...] | None = None,
-               shards: int = 1) -> "CollectionConfig":
+               shards: int = 1, first_stage: str | None = None) -> "CollectionConfig":
         """Validate and normalise user input into a config (nested dims sorted, dim included)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidArgument(
@@ -72,7 +74,12 @@ class CollectionConfig:
             dims = default_nested_dims(dim)
         if not 1 <= int(shards) <= MAX_SHARDS:
             raise InvalidArgument(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
-        return CollectionConfig(name, dim, metric, tuple(dims), int(shards), uuid.uuid4().hex[:12])
+        first_stage = str(first_stage or "float32").lower()
+        if first_stage not in PRECISIONS:
+            raise InvalidArgument(
+                f"unknown first_stage precision {first_stage!r}: use one of {', '.join(PRECISIONS)}")
+        return CollectionConfig(name, dim, metric, tuple(dims), int(shards), uuid.uuid4().hex[:12],
+                                first_stage)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,7 +90,7 @@ class CollectionConfig:
     def from_dict(d: dict) -> "CollectionConfig":
         return CollectionConfig(d["name"], int(d["dim"]), d["metric"],
                                 tuple(int(x) for x in d["nested_dims"]), int(d["shards"]),
-                                d.get("uid", ""))
+                                d.get("uid", ""), d.get("first_stage", "float32"))
 
 
 @dataclass(frozen=True)

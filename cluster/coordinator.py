@@ -176,9 +176,10 @@ class Coordinator:
     # ----- catalog --------------------------------------------------------------
     @_both
     def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                          nested_dims=None, shards: int | None = None) -> Plan:
+                          nested_dims=None, shards: int | None = None,
+                          first_stage: str | None = None) -> Plan:
         cfg = CollectionConfig.create(name, dim, metric, nested_dims,
-                                      shards or self.default_shards)
+                                      shards or self.default_shards, first_stage)
         (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
@@ -383,7 +384,8 @@ class Coordinator:
                 rec, low = planner.recall(found, truth)
             else:
                 rec = low = 1.0
-            schedules.append(planner.Schedule(stages, rec, planner.cost(stages, cfg.dim, live, cfg.shards),
+            schedules.append(planner.Schedule(stages, rec, planner.cost(stages, cfg.dim, live, cfg.shards,
+                                                                   cfg.first_stage),
                                               low))
         curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules))
         self._curves[(name, k)] = (curve, time.monotonic())

@@ -20,6 +20,7 @@ import numpy as np
 
 from nestvec.cluster import kernels
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.lowp import LOWP_MAX_DIM, QuantizedPrefix, lowp_overfetch
 from nestvec.cluster.topk import run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
@@ -72,6 +73,10 @@ class ShardEngine:
         self._sqnorms = np.zeros((cap, len(self.nested)), dtype=np.float64)
         self._fast = {int(d): np.zeros((cap, int(d)), dtype=np.float32) for d in self.nested
                       if d <= FAST_PREFIX_MAX_DIM and d < self.dim}
+        # first_stage="float16"/"int8": low-precision copies for funnel shortlists (lowp.py)
+        self._lowp = {} if config.first_stage == "float32" else {
+            int(d): QuantizedPrefix(int(d), config.first_stage, cap) for d in self.nested
+            if d <= LOWP_MAX_DIM and d < self.dim}
         self._n = 0                                       # rows in use (live + dead)
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
         self._index_rows = np.empty(0, dtype=np.int64)    # their rows
@@ -137,6 +142,8 @@ class ShardEngine:
         self._sqnorms[:m] = self._sqnorms[keep]
         for copy in self._fast.values():
             copy[:m] = copy[keep]
+        for lp in self._lowp.values():
+            lp.keep_rows(keep)
         self._alive[:m] = True
         self._alive[m: self._n] = False
         self._n = m
@@ -227,12 +234,49 @@ class ShardEngine:
         several shards' candidates can run the remaining stages exactly (topk.run_funnel).
         """
         first_dim, first_keep = plan.stages[0]
-        cols, keys1 = self._best_rows(queries, min(first_keep, len(self)), first_dim)
+        keep = min(first_keep, len(self))
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
+        lp = self._lowp.get(first_dim)
+        if lp is not None:
+            # Shortlist a few extra rows on the low-precision copy, then keep the best
+            # by their exact float32 key: shards send exact keys, so merges stay exact.
+            wide = self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
+            keys = self._rescore(queries, wide, [first_dim] + later_dims)
+            order = np.lexsort((self._row_ids[wide], -keys[..., 0]), axis=1)[:, :keep]
+            cols = np.take_along_axis(wide, order, axis=1)
+            return Candidates(self._row_ids[cols], np.take_along_axis(keys, order[..., None], axis=1))
+        cols, keys1 = self._best_rows(queries, keep, first_dim)
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
         out[..., 1:] = self._rescore(queries, cols, later_dims)
         return Candidates(self._row_ids[cols], out)
+
+    def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray:
+        """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate)."""
+        q = np.ascontiguousarray(queries[:, : lp.dim], dtype=np.float32)
+        if self.metric == "cosine":
+            q = _unit_rows(q)  # the copy's rows are unit length at their width
+        l2 = self.metric == "l2"
+        dead = self._n - len(self)
+        if dead <= KERNEL_MAX_DEAD and k + dead <= self._n:
+            found = lp.simd_search(q, self._n, k + dead, l2)
+            if found is not None:
+                rows = found[1]
+                if dead:  # stable: live rows first, in FAISS's order
+                    rows = np.take_along_axis(
+                        rows, np.argsort(~self._alive[rows], axis=1, kind="stable"), axis=1)
+                return rows[:, :k]
+        scores = lp.scores(q, self._n, l2)
+        if l2:
+            np.negative(scores, out=scores)
+        dead_rows = self._dead()
+        if dead_rows.size:
+            scores[:, dead_rows] = -np.inf
+        return top_columns(scores, self._row_ids[: self._n], k)
+
+    def lowp_nbytes(self) -> int:
+        """Memory held by the low-precision first-stage copies."""
+        return sum(lp.nbytes() for lp in self._lowp.values())
 
     # ----- internals ------------------------------------------------------------
     def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
@@ -328,6 +372,24 @@ class ShardEngine:
             if d in self._fast:
                 block = vectors[:, :d]
                 self._fast[d][rows] = block * _inv_sqrt(out[:, j])[:, None] if self.metric == "cosine" else block
+            lp = self._lowp.get(d)
+            if lp is None:
+                continue
+            if lp.needs_training(self._n):  # new ranges: re-encode every stored row
+                lp.train(self._prefix_rows(slice(0, self._n), d, j))
+                for s in range(0, self._n, 65536):
+                    chunk = slice(s, min(self._n, s + 65536))
+                    lp.write(chunk, self._prefix_rows(chunk, d, j))
+            else:
+                lp.write(rows, vectors[:, :d] * _inv_sqrt(out[:, j])[:, None]
+                         if self.metric == "cosine" else vectors[:, :d])
+
+    def _prefix_rows(self, rows, dim: int, j: int) -> np.ndarray:
+        """Stored rows at prefix `dim` (nested dim number j), unit length under cosine."""
+        block = self._vectors[rows, :dim]
+        if self.metric == "cosine":
+            return block * _inv_sqrt(self._sqnorms[rows, j])[:, None]
+        return np.array(block)
 
     def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of `ids` in the sorted index and whether each is present."""
@@ -347,6 +409,8 @@ class ShardEngine:
         self._alive = _grow(self._alive, new_cap)
         self._sqnorms = _grow(self._sqnorms, new_cap)
         self._fast = {d: _grow(copy, new_cap) for d, copy in self._fast.items()}
+        for lp in self._lowp.values():
+            lp.grow(new_cap)
 
     def _dead(self) -> np.ndarray:
         if self._dead_rows is None:

@@ -146,9 +146,18 @@ def _metric_name(metric: int) -> str:
     return name
 
 
+def _precision_name(value: int) -> str:
+    name = wire.PRECISION_FROM_WIRE.get(value)
+    if name is None:
+        raise InvalidArgument(f"unknown first_stage precision {value}: use FLOAT32 (0), "
+                              "FLOAT16 (1) or INT8 (2)")
+    return name
+
+
 def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> pb.CollectionInfo:
     info = pb.CollectionInfo(name=cfg.name, dim=cfg.dim, metric=wire.METRIC_TO_WIRE[cfg.metric],
-                             nested_dims=list(cfg.nested_dims), shards=cfg.shards)
+                             nested_dims=list(cfg.nested_dims), shards=cfg.shards,
+                             first_stage=wire.PRECISION_TO_WIRE[cfg.first_stage])
     for s in stats or ():
         if s.get("down"):
             info.shard_info.add(shard=s["shard"], down=True)
@@ -175,7 +184,7 @@ class VectorSearchServicer:
         cfg = await self.coord.acreate_collection(
             request.name, request.dim, _metric_name(request.metric),
             list(request.nested_dims) or None, request.shards or None,
-            timeout=context.time_remaining())
+            _precision_name(request.first_stage), timeout=context.time_remaining())
         return pb.CreateCollectionResponse(collection=_collection_info(cfg))
 
     @_rpc

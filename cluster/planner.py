@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nestvec.cluster.lowp import LOWP_MAX_DIM, lowp_overfetch
+
 KEEP_FACTORS = (2, 5, 10, 20, 50, 100)
 STORED_MARGIN = 10.0       # see the module doc
 RECALIBRATE_GROWTH = 1.5   # recalibrate once the collection grows by half
@@ -73,6 +75,11 @@ class Curve:
             Schedule(tuple(tuple(x) for x in st), r, c, lo) for st, r, c, lo in d["schedules"]))
 
 
+# Scan time of a low-precision first stage relative to float32 at the same dim, per
+# query at batch 1 on corpusA (FAISS SQ kernels, bench/bench_recall_qps.py): rough.
+SCAN_FACTOR = {"float16": 0.6, "int8": 0.5}
+
+
 def candidate_schedules(nested_dims, dim: int, k: int, vectors: int, shards: int
                         ) -> list[tuple[tuple[int, int], ...]]:
     """One-stage shortlists below the full dim, plus () for exact flat search."""
@@ -87,13 +94,20 @@ def candidate_schedules(nested_dims, dim: int, k: int, vectors: int, shards: int
     return out
 
 
-def cost(stages, dim: int, vectors: int, shards: int) -> float:
+def cost(stages, dim: int, vectors: int, shards: int, first_stage: str = "float32") -> float:
     """Relative cost per query: a full scan at stage 1's dim, then each shard
-    re-scores its survivors at every later dim (survivors are per shard)."""
+    re-scores its survivors at every later dim (survivors are per shard).
+
+    A low-precision first stage (lowp.py) scans its copy for SCAN_FACTOR of the
+    float32 cost and re-ranks a few extra rows (engine.lowp_overfetch)."""
     if not stages:
         return float(vectors * dim)
     (d1, keep), rest = stages[0], stages[1:]
     later = [d for d, _ in rest] + [dim]
+    if first_stage != "float32" and d1 <= LOWP_MAX_DIM and d1 < dim:
+        scan = SCAN_FACTOR[first_stage] * vectors * d1
+        rerank = RERANK_WEIGHT * shards * lowp_overfetch(keep) * (d1 + sum(later))
+        return float(scan + rerank)
     return float(vectors * d1 + RERANK_WEIGHT * shards * keep * sum(later))
 
 

@@ -240,6 +240,9 @@ CASES = [
          "INVALID_ARGUMENT", "dim"),
     Case("create-nested-dim-above-dim", lambda c: c.sdk.create_collection(
         "never-created-4", 64, nested_dims=[32, 128]), "INVALID_ARGUMENT", "nested_dims"),
+    Case("create-first-stage-unknown-number", lambda c: c.stub.CreateCollection(
+        pb.CreateCollectionRequest(name="never-created-5", dim=DIM, metric=pb.COSINE, first_stage=9),
+        timeout=30), "INVALID_ARGUMENT", "first_stage"),
 ]
 
 

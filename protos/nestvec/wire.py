@@ -13,6 +13,9 @@ from nestvec.v1 import nestvec_pb2 as pb
 _DTYPES = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 METRIC_TO_WIRE = {"cosine": pb.COSINE, "dot": pb.DOT, "l2": pb.L2}
 METRIC_FROM_WIRE = {v: k for k, v in METRIC_TO_WIRE.items()}
+PRECISION_TO_WIRE = {"float32": pb.PRECISION_FLOAT32, "float16": pb.PRECISION_FLOAT16,
+                     "int8": pb.PRECISION_INT8}
+PRECISION_FROM_WIRE = {v: k for k, v in PRECISION_TO_WIRE.items()}
 
 
 def encode_matrix(values, dtype: str = "float32") -> pb.Matrix:

@@ -18,12 +18,21 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FLOAT32: _ClassVar[DType]
     FLOAT16: _ClassVar[DType]
+
+class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRECISION_FLOAT32: _ClassVar[Precision]
+    PRECISION_FLOAT16: _ClassVar[Precision]
+    PRECISION_INT8: _ClassVar[Precision]
 METRIC_UNSPECIFIED: Metric
 COSINE: Metric
 DOT: Metric
 L2: Metric
 FLOAT32: DType
 FLOAT16: DType
+PRECISION_FLOAT32: Precision
+PRECISION_FLOAT16: Precision
+PRECISION_INT8: Precision
 
 class Matrix(_message.Message):
     __slots__ = ("rows", "dim", "dtype", "data")
@@ -38,7 +47,7 @@ class Matrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "vectors", "shard_info")
+    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "vectors", "shard_info", "first_stage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +55,7 @@ class CollectionInfo(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     SHARD_INFO_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
@@ -53,7 +63,8 @@ class CollectionInfo(_message.Message):
     shards: int
     vectors: int
     shard_info: _containers.RepeatedCompositeFieldContainer[ShardInfo]
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ...) -> None: ...
+    first_stage: Precision
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., first_stage: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
     __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes")
@@ -74,18 +85,20 @@ class ShardInfo(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "dim", "metric", "nested_dims", "shards")
+    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "first_stage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     NESTED_DIMS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
     nested_dims: _containers.RepeatedScalarFieldContainer[int]
     shards: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ...) -> None: ...
+    first_stage: Precision
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., first_stage: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
