@@ -4,15 +4,19 @@ One run, same threads for everything (default 2), queries in batches of 1 and 32
 recall@10 against the exact full-384 ground truth:
 
 - nestvec ShardEngine, exact flat search at each nested prefix dim;
-- nestvec funnels: shortlist at 32/64/128 dims, re-rank at 384;
-- FAISS IndexFlatIP at 384 (the exact baseline);
-- hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef.
+- nestvec funnels: shortlist at 32/64/128 dims, re-rank at 384, with float32
+  shortlists and with an int8 first stage (`first_stage="int8"`, cluster/lowp.py);
+- FAISS IndexFlatIP at each prefix dim (384 is the exact baseline);
+- hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef;
+- end to end: a few of the nestvec points again through gRPC -> gateway ->
+  coordinator -> Ray shard actor (embedded local cluster, 1 shard), `--no-e2e` skips.
 
     .venv/bin/pip install -e '.[bench]'     # faiss-cpu, matplotlib, hnswlib (compiles)
-    .venv/bin/python bench/bench_recall_qps.py          # ~4 min (hnswlib build ~50 s)
+    .venv/bin/python bench/bench_recall_qps.py          # ~6 min (hnswlib build ~50 s)
     .venv/bin/python bench/bench_recall_qps.py --quick  # 20k docs
 
-Writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
+Prints a progress line per point, then a table (recall, QPS and p50/p99 at batch 1 and
+32); writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _threads  # noqa: E402  (thread env vars must be set before numpy loads)
 
 FUNNELS = [(32, 400), (32, 1000), (64, 100), (64, 200), (64, 400), (128, 50), (128, 100)]
+INT8_FUNNELS = [(64, 200), (64, 400), (128, 50), (128, 100)]
 EFS = [16, 32, 64, 128, 256]
+E2E = ["flat 384", "funnel 64:400", "int8 funnel 128:50"]  # points repeated over gRPC
 
 
 def parse_args():
@@ -35,6 +41,7 @@ def parse_args():
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per method and batch")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench_recall_qps")
+    p.add_argument("--no-e2e", action="store_true", help="skip the gRPC end-to-end points")
     return p.parse_args()
 
 
@@ -60,10 +67,15 @@ def main() -> None:
 
     engine = ShardEngine(CollectionConfig.create("bench", dim, "cosine"))
     engine.upsert(np.arange(docs.shape[0], dtype=np.uint64), docs)
-    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(unit)
+    int8 = ShardEngine(CollectionConfig.create("bench8", dim, "cosine", first_stage="int8"))
+    int8.upsert(np.arange(docs.shape[0], dtype=np.uint64), docs)
     faiss.cvar.distance_compute_blas_threshold = 20  # STACK-NOTES: else no BLAS below 128000
+    prefix_flat = {}  # FAISS IndexFlatIP on the unit-normalised prefix, per nested dim
+    for d in engine.config.nested_dims:
+        sub = np.ascontiguousarray(docs[:, :d])
+        prefix_flat[d] = faiss.IndexFlatIP(d)
+        prefix_flat[d].add(sub / np.linalg.norm(sub, axis=1, keepdims=True))
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
     t = time.perf_counter()
     hnsw = hnswlib.Index(space="ip", dim=dim)
     hnsw.init_index(max_elements=docs.shape[0], M=16, ef_construction=200)
@@ -83,33 +95,83 @@ def main() -> None:
         plan = plan_search(engine.config, dim, k, dim, [(fd, keep)])
         methods.append(("nestvec funnel", f"funnel {fd}:{keep}",
                         lambda q, p=plan: engine.search(q, p).ids))
-    methods.append(("FAISS flat", "faiss flat 384", lambda q: flat.search(normed(q), k)[1]))
+    for fd, keep in INT8_FUNNELS:
+        plan = plan_search(int8.config, dim, k, dim, [(fd, keep)])
+        methods.append(("nestvec funnel int8", f"int8 funnel {fd}:{keep}",
+                        lambda q, p=plan: int8.search(q, p).ids))
+    for d, index in prefix_flat.items():
+        methods.append(("FAISS flat", f"faiss flat {d}",
+                        lambda q, d=d, ix=index: ix.search(normed(np.ascontiguousarray(q[:, :d])), k)[1]))
     for ef in EFS:
         def hnsw_search(q, ef=ef):
             hnsw.set_ef(max(ef, k))
             return hnsw.knn_query(normed(q), k=k)[0]
         methods.append(("hnswlib", f"hnsw ef={ef}", hnsw_search))
 
+    e2e = None if a.no_e2e else E2eCluster(docs, {"bench": engine.config, "bench8": int8.config})
+    if e2e is not None:
+        for label in E2E:
+            coll = "bench8" if label.startswith("int8") else "bench"
+            funnel = [tuple(map(int, label.split()[-1].split(":")))] if "funnel" in label else None
+            methods.append(("nestvec e2e gRPC", f"gRPC {label}",
+                            lambda q, c=coll, f=funnel: e2e.client.search(c, q, k=k, funnel=f).ids))
+
     points = []
-    for family, label, search in methods:
+    for n, (family, label, search) in enumerate(methods, 1):
         rec = C.recall(search(queries), gt, k)
         pt = {"family": family, "label": label, "recall": round(rec, 4)}
         for b in (1, 32):
             timing = C.interleaved({label: search}, C.batches(queries, b), a.seconds)[label]
             pt[f"qps_b{b}"] = round(timing.qps, 1)
             pt[f"p50_ms_b{b}"] = round(timing.pct(50) * 1e3, 3)
+            pt[f"p99_ms_b{b}"] = round(timing.pct(99) * 1e3, 3)
         points.append(pt)
-        C.log(f"  {label:<18} recall@10 {rec:.3f}  QPS batch 1 {pt['qps_b1']:>8,.0f}  "
-              f"batch 32 {pt['qps_b32']:>8,.0f}")
+        bar = "#" * (20 * n // len(methods))
+        C.log(f"[{bar:<20}] {n}/{len(methods)} {label:<22} recall@10 {rec:.3f}  "
+              f"QPS batch 1 {pt['qps_b1']:>8,.0f}  batch 32 {pt['qps_b32']:>8,.0f}")
+    if e2e is not None:
+        e2e.close()
     path = C.write_results(a.out + ("_quick" if a.quick else ""), {
         "docs": int(docs.shape[0]), "threads": threads_info, "hnsw_build_s": round(hnsw_build, 1),
         "machine": C.machine(), "points": points})
     C.log(f"wrote {path}")
-    rows = [[p["label"], f"{p['recall']:.3f}", f"{p['qps_b1']:,.0f}", f"{p['qps_b32']:,.0f}"]
+    rows = [[p["label"], f"{p['recall']:.3f}",
+             f"{p['qps_b1']:,.0f}", f"{p['p50_ms_b1']:.2f} / {p['p99_ms_b1']:.2f}",
+             f"{p['qps_b32']:,.0f}", f"{p['p50_ms_b32']:.2f} / {p['p99_ms_b32']:.2f}"]
             for p in points]
-    print(C.markdown_table(["method", "recall@10", "QPS batch 1", "QPS batch 32"], rows))
+    print(C.markdown_table(["method", "recall@10", "QPS batch 1", "p50 / p99 ms batch 1",
+                            "QPS batch 32", "p50 / p99 ms batch 32"], rows))
     if not a.quick:
         plot(points, C.REPO / "docs" / "img" / "recall_vs_qps.png", docs.shape[0], a.threads)
+
+
+class E2eCluster:
+    """An embedded local Ray cluster, one shard per collection, a gateway on loopback
+    and a Client: the same collections as the in-process engines, ingested over gRPC."""
+
+    def __init__(self, docs, configs):
+        import uuid
+
+        import ray  # noqa: F401  (started below, on loopback)
+        from nestvec.client import Client
+        from nestvec.cluster.coordinator import Coordinator
+        from nestvec.cluster.server import GatewayThread, start_ray
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        start_ray(namespace=ns, num_cpus=2)
+        self.coord = Coordinator(namespace=ns, create_catalog=True)
+        self.gateway = GatewayThread(self.coord, host="127.0.0.1", port=0)
+        self.client = Client(self.gateway.address, timeout=300)
+        ids = __import__("numpy").arange(docs.shape[0], dtype="uint64")
+        for name, cfg in configs.items():
+            self.client.create_collection(name, cfg.dim, cfg.metric, shards=1, first_stage=cfg.first_stage)
+            self.client.upsert(name, ids, docs)
+
+    def close(self):
+        import ray
+        self.client.close()
+        self.gateway.stop()
+        ray.shutdown()
 
 
 def plot(points, out, n_docs, threads) -> None:
@@ -121,7 +183,8 @@ def plot(points, out, n_docs, threads) -> None:
         print("matplotlib not installed: no plot (pip install -e '.[bench]')")
         return
     styles = {"nestvec flat": ("o-", "tab:blue"), "nestvec funnel": ("*", "tab:green"),
-              "FAISS flat": ("s", "tab:orange"), "hnswlib": ("^-", "tab:red")}
+              "nestvec funnel int8": ("P", "tab:olive"), "nestvec e2e gRPC": ("D", "tab:purple"),
+              "FAISS flat": ("s-", "tab:orange"), "hnswlib": ("^-", "tab:red")}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, b in zip(axes, (1, 32)):
         for family, (marker, color) in styles.items():
@@ -129,7 +192,7 @@ def plot(points, out, n_docs, threads) -> None:
             ax.plot([p["recall"] for p in pts], [p[f"qps_b{b}"] for p in pts], marker,
                     color=color, label=family, markersize=8 if marker == "*" else 6)
             for p in pts:
-                if family in ("nestvec funnel", "hnswlib", "nestvec flat"):
+                if family != "FAISS flat":
                     ax.annotate(p["label"].split(" ", 1)[1], (p["recall"], p[f"qps_b{b}"]),
                                 fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_yscale("log")
