@@ -237,10 +237,10 @@ class ShardEngine:
         keep = min(first_keep, len(self))
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
         lp = self._lowp.get(first_dim)
-        if lp is not None:
-            # Shortlist a few extra rows on the low-precision copy, then keep the best
-            # by their exact float32 key: shards send exact keys, so merges stay exact.
-            wide = self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
+        wide = None if lp is None else self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
+        if wide is not None:
+            # A few extra rows shortlisted on the low-precision copy; keep the best by
+            # their exact float32 key: shards send exact keys, so merges stay exact.
             keys = self._rescore(queries, wide, [first_dim] + later_dims)
             order = np.lexsort((self._row_ids[wide], -keys[..., 0]), axis=1)[:, :keep]
             cols = np.take_along_axis(wide, order, axis=1)
@@ -251,28 +251,19 @@ class ShardEngine:
         out[..., 1:] = self._rescore(queries, cols, later_dims)
         return Candidates(self._row_ids[cols], out)
 
-    def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray:
-        """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate)."""
+    def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray | None:
+        """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate),
+        or None where the low-precision kernel does not apply (lowp.py)."""
+        dead = self._n - len(self)
+        if not lp.serves(queries.shape[0]) or dead > KERNEL_MAX_DEAD or k + dead > self._n:
+            return None
         q = np.ascontiguousarray(queries[:, : lp.dim], dtype=np.float32)
         if self.metric == "cosine":
             q = _unit_rows(q)  # the copy's rows are unit length at their width
-        l2 = self.metric == "l2"
-        dead = self._n - len(self)
-        if dead <= KERNEL_MAX_DEAD and k + dead <= self._n:
-            found = lp.simd_search(q, self._n, k + dead, l2)
-            if found is not None:
-                rows = found[1]
-                if dead:  # stable: live rows first, in FAISS's order
-                    rows = np.take_along_axis(
-                        rows, np.argsort(~self._alive[rows], axis=1, kind="stable"), axis=1)
-                return rows[:, :k]
-        scores = lp.scores(q, self._n, l2)
-        if l2:
-            np.negative(scores, out=scores)
-        dead_rows = self._dead()
-        if dead_rows.size:
-            scores[:, dead_rows] = -np.inf
-        return top_columns(scores, self._row_ids[: self._n], k)
+        rows = lp.search(q, self._n, k + dead, self.metric == "l2")[1]
+        if dead:  # stable: live rows first, in FAISS's order
+            rows = np.take_along_axis(rows, np.argsort(~self._alive[rows], axis=1, kind="stable"), axis=1)
+        return rows[:, :k]
 
     def lowp_nbytes(self) -> int:
         """Memory held by the low-precision first-stage copies."""

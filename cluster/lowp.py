@@ -14,10 +14,12 @@ own per-dimension min and max (widened by INT8_MARGIN), trained on its rows and
 re-trained whenever its row count has doubled since, so rows written later are
 rarely clipped (a clipped row only scores a little off in the shortlist).
 
-Kernels: FAISS's `IndexScalarQuantizer` decodes and scores in SIMD for small
-batches (no BLAS for int8/float16 exists); larger batches decode blocks to
-float32 and use BLAS. Without FAISS both go through numpy (decode + BLAS), with
-the same codes, so answers agree up to float rounding.
+Kernel: FAISS's `IndexScalarQuantizer`, which decodes and scores in SIMD (there
+is no int8 or float16 BLAS to call). It serves batches of up to SIMD_MAX_BATCH
+queries; larger batches are cheaper as one float32 BLAS product, so they (and
+every search without FAISS installed) shortlist exactly on the float32 rows.
+Both end in the same exact re-rank; they can differ only where the
+low-precision scan missed a row of the exact shortlist (see lowp_overfetch).
 """
 from __future__ import annotations
 
@@ -28,8 +30,7 @@ from nestvec.cluster import kernels
 PRECISIONS = ("float32", "float16", "int8")
 LOWP_MAX_DIM = 128        # nested dims up to this (and below the full dim) get a copy
 INT8_MARGIN = 0.05        # each range widened by this fraction of its span on each side
-SIMD_MAX_BATCH = 8        # above this, block-decode to float32 and use BLAS
-_DECODE_ROWS = 16384      # rows decoded per BLAS block
+SIMD_MAX_BATCH = 8        # above this a float32 BLAS product is faster than the SIMD scan
 
 
 def lowp_overfetch(keep: int) -> int:
@@ -80,6 +81,7 @@ class QuantizedPrefix:
         return np.floor(unit * 255).astype(np.uint8)  # FAISS's Codec8bit encoding
 
     def decode(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as the float32 values the codes stand for."""
         c = self.codes[start:stop]
         if self.precision == "float16":
             return c.astype(np.float32)
@@ -99,23 +101,14 @@ class QuantizedPrefix:
         return int(self.codes.nbytes)
 
     # ----- search ---------------------------------------------------------------
-    def scores(self, q: np.ndarray, n: int, l2: bool) -> np.ndarray:
-        """[Q, n] inner products (or squared l2 distances) of `q` with the decoded rows."""
-        out = np.empty((q.shape[0], n), dtype=np.float32)
-        for s in range(0, n, _DECODE_ROWS):
-            block = self.decode(s, min(n, s + _DECODE_ROWS))
-            out[:, s: s + block.shape[0]] = q @ block.T
-            if l2:
-                out[:, s: s + block.shape[0]] *= -2
-                out[:, s: s + block.shape[0]] += np.einsum("ij,ij->i", block, block)[None, :]
-        if l2:
-            out += np.einsum("ij,ij->i", q, q)[:, None]
-        return out
+    @staticmethod
+    def serves(batch: int) -> bool:
+        """Whether a batch of this many queries shortlists here (else exactly, in float32)."""
+        return kernels.available() and batch <= SIMD_MAX_BATCH
 
-    def simd_search(self, q: np.ndarray, n: int, k: int, l2: bool):
-        """FAISS's SIMD scan over codes[:n]: (scores [Q, k], rows [Q, k]), or None without FAISS."""
-        if not kernels.available() or q.shape[0] > SIMD_MAX_BATCH:
-            return None
+    def search(self, q: np.ndarray, n: int, k: int, l2: bool) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's SIMD scan over codes[:n]: (scores [Q, k], rows [Q, k]); inner products
+        (higher first) or squared l2 distances (lower first) to the decoded rows."""
         index = self._faiss_index(n, l2)
         return index.search(np.ascontiguousarray(q, dtype=np.float32), k)
 

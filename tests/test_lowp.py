@@ -56,10 +56,10 @@ def test_float16_copy_is_float16_of_the_rows(data):
     np.testing.assert_array_equal(lp.decode(0, 100), docs[:100, :32].astype(np.float16).astype(np.float32))
 
 
-@pytest.mark.skipif(not kernels.available(), reason="FAISS kernel path needs faiss-cpu (the test extra has it)")
+@pytest.mark.skipif(not kernels.available(), reason="the low-precision kernel is FAISS's (test extra)")
 @pytest.mark.parametrize("precision", ["float16", "int8"])
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_faiss_and_numpy_kernels_score_the_same_codes(data, precision, metric):
+def test_faiss_scan_scores_the_decoded_codes(data, precision, metric):
     docs, queries = data
     e = _engine(docs, metric, precision)
     lp = e._lowp[128]
@@ -67,11 +67,20 @@ def test_faiss_and_numpy_kernels_score_the_same_codes(data, precision, metric):
     if metric == "cosine":
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
     l2 = metric == "l2"
-    simd_scores, simd_rows = lp.simd_search(q, e._n, 50, l2)
-    full = lp.scores(q, e._n, l2)
-    np.testing.assert_allclose(simd_scores, np.take_along_axis(full, simd_rows, axis=1), rtol=1e-4, atol=1e-4)
-    order = np.argsort(full if l2 else -full, axis=1)[:, :50]
-    assert _recall(simd_rows, order) >= 0.98  # same top-50 up to float near-ties
+    got_scores, got_rows = lp.search(q, e._n, 50, l2)
+    x = lp.decode(0, e._n).astype(np.float64)  # the numpy oracle: score the decoded rows
+    want = ((q.astype(np.float64)[:, None, :] - x[None]) ** 2).sum(-1) if l2 else q.astype(np.float64) @ x.T
+    np.testing.assert_allclose(got_scores, np.take_along_axis(want, got_rows, axis=1), rtol=1e-4, atol=1e-4)
+    order = np.argsort(want if l2 else -want, axis=1)[:, :50]
+    assert _recall(got_rows, order) >= 0.98  # the same top-50, up to float near-ties
+
+
+def test_small_batches_shortlist_on_the_copy_and_large_ones_exactly(data):
+    docs, queries = data
+    e = _engine(docs[:5000], "cosine", "int8")
+    lp = e._lowp[64]
+    assert (e._lowp_rows(queries[:1], 50, lp) is not None) == kernels.available()
+    assert e._lowp_rows(queries[:lowp.SIMD_MAX_BATCH + 1], 50, lp) is None
 
 
 # ----- the engine's funnel ----------------------------------------------------------------
