@@ -56,6 +56,10 @@ class Progress:
         self._cpu: dict[int, float] = {}
         self._t0 = self._last = time.monotonic()
 
+    def start(self) -> None:
+        """The generators start now: the clock and the first interval begin here."""
+        self._t0 = self._last = time.monotonic()
+
     def add(self, worker: int, p: dict) -> None:
         self.hist.merge(Histogram.from_dict(p["hist"]))
         n = sum(p["codes"].values())
@@ -112,6 +116,7 @@ def run_local(conn: Connection, workload: Workload, queries: QuerySet, plan: Pla
                 if ready == workers:
                     start_wall.value = time.time() + START_DELAY
                     go.set()
+                    live.start()
             elif kind == "progress":
                 live.add(i, body)
             elif kind == "result":
