@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from nestvec import wire
 from nestvec.client import Client
-from nestvec.cluster.loadtest import runner
+from nestvec.cluster.loadtest import report, runner
 from nestvec.cluster.loadtest.generator import Connection, Plan, run_generator
 from nestvec.cluster.loadtest.histogram import Histogram
 from nestvec.cluster.loadtest.verify import verify_ledger
@@ -85,7 +86,7 @@ def _independent_recall(docs, queries, gt, dim, uses) -> float:
     return float((uses * hits).sum() / (uses.sum() * K))
 
 
-def test_closed_loop_counts_and_recall(gateway, loaded):
+def test_closed_loop_counts_and_recall(gateway, loaded, tmp_path):
     name, docs, queries, gt = loaded
     conn = Connection(gateway.address)
     wl = Workload(collection=name, k=K, dim=64)
@@ -103,6 +104,15 @@ def test_closed_loop_counts_and_recall(gateway, loaded):
     assert res.query_uses.sum() == searches
     assert 0.3 < res.recall < 0.95   # 64 of 384 dims: well short of exact
     assert res.recall == pytest.approx(_independent_recall(docs, queries, gt, 64, res.query_uses), abs=1e-12)
+    # the report says the same numbers
+    text = report.table(res)
+    assert f"Search    {searches:>9}" in text and f"recall@{K}: {res.recall:.4f}" in text
+    report.write_json(res, tmp_path / "r.json")
+    body = json.loads((tmp_path / "r.json").read_text())
+    assert body["calls"] == {"Search OK": searches} and body["histogram"]["count"] == searches
+    assert sum(body["series"]["rate"]) * res.window == pytest.approx(searches)
+    report.plot(res, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_open_loop_mixed_writes_counts_and_ledger(gateway, loaded):
@@ -241,3 +251,60 @@ def test_open_loop_has_no_coordinated_omission(stalling_server):
     assert h.max >= 0.2
     over_100ms = int(h.counts[h._index(np.array([0.1]))[0] + 1:].sum())
     assert over_100ms >= sum(1 for t, _ in in_stall if t < end - 0.1)
+
+
+# ----- ramp and CLI ---------------------------------------------------------------------
+def _synthetic_result(rate: float, p99_ms: float, errors: int = 0):
+    """A LoadResult as a generator would return it: 1,000 OK calls, 2% of them at p99_ms."""
+    from nestvec.cluster.loadtest.results import LoadResult
+    h = Histogram()
+    h.record_many([0.001] * 980 + [p99_ms / 1e3] * 20)
+    empty = np.zeros(0, np.uint64)
+    part = {"hist": {"Search": h.to_dict()}, "windows": [], "codes": [["Search", "OK", 1000],
+                                                                      ["Search", "UNAVAILABLE", errors]],
+            "ledger": {"acked_upserts": empty, "acked_deletes": empty, "uncertain_upserts": empty,
+                       "uncertain_deletes": empty, "delete_found_fewer": 0},
+            "wall": 1000 / rate, "window": 1.0, "recall_hits": 0, "recall_rows": 0,
+            "query_uses": np.zeros(1, np.int64), "cpu": 0.1, "late_sends": 0, "max_send_lag": 0.0,
+            "trace": []}
+    return LoadResult.merge([part], "open", K)
+
+
+def test_ramp_finds_the_highest_rate_under_the_bound():
+    from nestvec.cluster.loadtest.ramp import find_knee
+    # p99 grows with the offered rate: 10 ms at 100/s, 50 ms (the bound) at 500/s
+    asked = []
+
+    def step(plan):
+        asked.append(plan.rate)
+        assert plan.mode == "open"
+        return _synthetic_result(plan.rate, plan.rate / 10)
+
+    ramp = find_knee(step, Plan(mode="open", duration=1), start_rate=100, factor=2, bound_ms=50,
+                     refine=3, out=None)
+    assert asked[:4] == [100, 200, 400, 800]          # doubling until p99 > 50 ms at 800/s
+    assert asked[4:] == [600, 500, 550]                 # then bisection between 400 and 800
+    assert ramp.knee_rate == 500 and ramp.knee is not None
+    assert [s["passed"] for s in ramp.steps] == [True, True, True, True, False, False, False]
+    # errors fail a step even under the latency bound
+    ramp = find_knee(lambda p: _synthetic_result(p.rate, 1, errors=50 if p.rate > 150 else 0),
+                     Plan(mode="open", duration=1), 100, 2, 50, refine=0, out=None)
+    assert ramp.knee_rate == 100 and "errors" in ramp.steps[-1]["why_not"]
+
+
+def test_cli_open_loop_with_writes_and_verify(gateway, loaded, tmp_path, capsys):
+    from nestvec.cluster.cli import main
+    name, docs, queries, gt = loaded
+    qfile = tmp_path / "q.npz"
+    np.savez(qfile, queries=queries, gt_ids=gt)
+    out = tmp_path / "cli.json"
+    rc = main(["loadtest", "--address", gateway.address, "--collection", name, "--mode", "open",
+               "--rate", "40", "--duration", "2", "--workers", "1", "--queries", str(qfile),
+               "--write-ratio", "0.25", "--delete-ratio", "0.2", "--seed", "9", "--verify",
+               "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    body = json.loads(out.read_text())
+    assert body["verification"]["ok"] and "verification: OK" in printed
+    assert body["recall_at_k"] == 1.0 and body["errors"] == {}
+    assert body["calls"].get("Search OK", 0) > 10 and body["settings"]["rate"] == 40

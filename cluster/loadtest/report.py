@@ -62,14 +62,18 @@ def plot(res: LoadResult, path: str | pathlib.Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import ScalarFormatter
+
     fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(13, 4.6))
     ser = res.series()
     if ser["t"].size:
+        mid = ser["t"] + res.window / 2
         for key, style in (("p50", "-"), ("p90", "-"), ("p99", "-"), ("max", ":")):
-            ax_t.plot(ser["t"], ser[key], style, label=key)
+            ax_t.plot(mid, ser[key], style, label=key)
         ax_t.set_yscale("log")
+        ax_t.yaxis.set_major_formatter(ScalarFormatter())
         ax_r = ax_t.twinx()
-        ax_r.plot(ser["t"], ser["rate"], color="grey", alpha=0.4, label="OK calls/s")
+        ax_r.plot(mid, ser["rate"], color="grey", alpha=0.4, label="OK calls/s")
         ax_r.set_ylabel("OK calls/s (grey)")
         ax_r.set_ylim(bottom=0)
     ax_t.set_xlabel(f"time since start (s; {res.window:g} s windows, by intended send time)")
@@ -83,6 +87,7 @@ def plot(res: LoadResult, path: str | pathlib.Path, title: str = "") -> None:
         if x.size:
             ax_h.step(x * 1e3, n, where="mid", label=f"{op} ({h.count} calls)")
     ax_h.set_xscale("log")
+    ax_h.xaxis.set_major_formatter(ScalarFormatter())
     ax_h.set_xlabel("latency (ms, log buckets of +-1%)")
     ax_h.set_ylabel("calls")
     ax_h.set_title("latency histogram")
@@ -102,12 +107,15 @@ def plot_ramp(steps: list[dict], path: str | pathlib.Path, bound_ms: float, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(7, 4.6))
     rate = [s["rate"] for s in steps]
     ax.plot(rate, [s["p50_ms"] for s in steps], "o-", label="p50")
     ax.plot(rate, [s["p99_ms"] for s in steps], "o-", label="p99")
     ax.axhline(bound_ms, color="red", ls="--", label=f"p99 bound {bound_ms:g} ms")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("offered rate (calls/s, Poisson)")
     ax.set_ylabel("latency (ms)")
     ax2 = ax.twinx()
