@@ -106,7 +106,7 @@ def test_closed_loop_counts_and_recall(gateway, loaded, tmp_path):
     assert res.recall == pytest.approx(_independent_recall(docs, queries, gt, 64, res.query_uses), abs=1e-12)
     # the report says the same numbers
     text = report.table(res)
-    assert f"Search    {searches:>9}" in text and f"recall@{K}: {res.recall:.4f}" in text
+    assert f"{'Search':<8} {searches:>9}" in text and f"recall@{K}: {res.recall:.4f}" in text
     report.write_json(res, tmp_path / "r.json")
     body = json.loads((tmp_path / "r.json").read_text())
     assert body["calls"] == {"Search OK": searches} and body["histogram"]["count"] == searches

@@ -59,6 +59,9 @@ def add_parser(sub) -> None:
     w.add_argument("--write-ratio", type=float, default=0.0, help="fraction of calls that are writes")
     w.add_argument("--delete-ratio", type=float, default=0.0, help="fraction of writes that are deletes")
     w.add_argument("--write-batch", type=int, default=1, help="ids per Upsert/Delete call")
+    w.add_argument("--write-id-base", type=int, default=None,
+                   help="first id writes use (default: 2**60 plus a random per-run offset, so "
+                        "runs never reuse each other's ids)")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--create-from", default=None,
                    help="if the collection does not exist, create it (cosine) and load this .npz's "
@@ -126,7 +129,8 @@ def run(args) -> int:
                       pathlib.Path(args.ca).read_bytes() if args.ca else None)
     workload = Workload(collection=args.collection, k=args.k, dim=args.dim, funnel=_funnel(args.funnel),
                         batch=args.batch, write_ratio=args.write_ratio, delete_ratio=args.delete_ratio,
-                        write_batch=args.write_batch, timeout=args.timeout, seed=args.seed)
+                        write_batch=args.write_batch, write_id_base=args.write_id_base,
+                        timeout=args.timeout, seed=args.seed)
     with _client(args) as client:
         queries, count_before = _prepare(args, client)
     window = args.window or max(1.0, args.duration / 60)

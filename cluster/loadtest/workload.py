@@ -9,13 +9,15 @@ check afterwards that what the server returns is what was acknowledged.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-WRITE_ID_BASE = 1 << 40     # writes use ids far above any loaded corpus's row ids
+WRITE_ID_BASE = 1 << 60     # writes use ids far above any loaded corpus's row ids
 WORKER_ID_SPAN = 1 << 32    # each worker owns [base + w * span, base + (w + 1) * span)
+RUN_ID_SPAN = 1 << 40       # each run owns 256 workers' spans; a random run tag picks which
 _POOL_ROWS = 4096
 
 
@@ -29,7 +31,7 @@ class Workload:
     write_ratio: float = 0.0                       # fraction of calls that are writes
     delete_ratio: float = 0.0                      # fraction of writes that are deletes
     write_batch: int = 1                           # ids per Upsert / Delete call
-    write_id_base: int = WRITE_ID_BASE
+    write_id_base: int | None = None               # None: WRITE_ID_BASE + a random run tag
     timeout: float = 30.0                          # per-call deadline, seconds
     seed: int = 0
 
@@ -39,6 +41,11 @@ class Workload:
         if not 0 <= self.write_ratio <= 1 or not 0 <= self.delete_ratio <= 1:
             raise ValueError("write_ratio and delete_ratio must be between 0 and 1")
         self.funnel = [(int(d), int(c)) for d, c in self.funnel]
+        if self.write_id_base is None:
+            # a fresh id range per run (2**19 tags), so a second run against the same
+            # collection never overwrites the first run's ids and the ledger check holds
+            tag = int.from_bytes(os.urandom(4), "little") % (1 << 19)
+            self.write_id_base = WRITE_ID_BASE + tag * RUN_ID_SPAN
 
 
 @dataclass
