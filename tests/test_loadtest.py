@@ -267,7 +267,7 @@ def _synthetic_result(rate: float, p99_ms: float, errors: int = 0):
             "wall": 1000 / rate, "window": 1.0, "recall_hits": 0, "recall_rows": 0,
             "query_uses": np.zeros(1, np.int64), "cpu": 0.1, "late_sends": 0, "max_send_lag": 0.0,
             "trace": []}
-    return LoadResult.merge([part], "open", K)
+    return LoadResult.merge([part], "open", K, {"duration_s": 1000 / rate})
 
 
 def test_ramp_finds_the_highest_rate_under_the_bound():

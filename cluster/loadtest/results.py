@@ -92,9 +92,12 @@ class LoadResult:
                        "generator may be the bottleneck; add --workers or spread it with --ray-address")
         sent = self.calls()
         if self.mode == "open" and sent and self.late_sends > 0.01 * sent:
+            why = ("its in-flight cap or its own CPU" if self.saturated else
+                   "the in-flight cap, or a busy host (the generators' own CPU was low: on a machine "
+                   "shared with the server, the server's threads delay the generators' loops)")
             out.append(f"{self.late_sends} of {sent} calls left more than 10 ms after their intended "
-                       f"time (worst {self.max_send_lag * 1000:.0f} ms): the generator or its in-flight "
-                       "cap fell behind; latencies still count from the intended times")
+                       f"time (worst {self.max_send_lag * 1000:.0f} ms); likely cause: {why}. Their "
+                       "latencies still count from the intended times")
         return out
 
     def summary(self) -> dict:
