@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
                    help="seconds per time-series window (default: duration/60, at least 1)")
     m.add_argument("--ray-address", default=None,
                    help="run the generators as Ray actors spread over this Ray cluster's nodes")
+    m.add_argument("--generator-cpus", type=float, default=1.0,
+                   help="with --ray-address: CPUs each generator actor reserves (default %(default)s)")
     m.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
 
     w = p.add_argument_group("workload")
@@ -140,7 +142,10 @@ def run(args) -> int:
     progress = None if args.quiet else sys.stderr
 
     def run_once(p: Plan):
-        return runner.run(conn, workload, queries, p, args.workers, args.ray_address, progress)
+        if args.ray_address:
+            return runner.run_ray(conn, workload, queries, p, args.workers, args.ray_address,
+                                  progress=progress, cpus_per_generator=args.generator_cpus)
+        return runner.run_local(conn, workload, queries, p, args.workers, progress)
 
     if args.mode == "ramp":
         ramp = find_knee(run_once, plan, args.rate, args.ramp_factor, args.p99_bound_ms,
