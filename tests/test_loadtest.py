@@ -151,7 +151,7 @@ def test_generators_as_ray_actors(gateway, loaded, ray_cluster):
                          QuerySet(queries, gt), Plan(mode="closed", concurrency=4, duration=2), workers=2,
                          ray_address="auto", progress=None, cpus_per_generator=0)
     assert res.errors == {} and res.calls("Search") > 10
-    assert res.settings["generator_kind"] == "ray" and len(res.worker_cpu) == 2
+    assert res.settings["generator_kind"] == "Ray actors" and len(res.worker_cpu) == 2
     _assert_server_counted(gateway, before, res)
     assert res.recall == pytest.approx(_independent_recall(docs, queries, gt, 128, res.query_uses), abs=1e-12)
 

@@ -159,7 +159,7 @@ def run_ray(conn: Connection, workload: Workload, queries: QuerySet, plan: Plan,
     parts = ray.get(refs)
     for a in actors:
         ray.kill(a)
-    settings = _settings(conn, workload, plan, workers, "ray")
+    settings = _settings(conn, workload, plan, workers, "Ray actors")
     settings["generator_nodes"] = sorted(set(nodes))
     return LoadResult.merge(parts, plan.mode, workload.k, settings)
 
