@@ -11,7 +11,6 @@ gateway's Prometheus counter. Writes bench/results/loadtest_ray_nodes.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import socket

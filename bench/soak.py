@@ -21,7 +21,6 @@ Writes bench/results/soak.json and docs/img/soak.png; exits 1 if a check fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil

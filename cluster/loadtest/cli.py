@@ -1,7 +1,6 @@
 """`nestvec loadtest`: flags, query loading, and the run (cluster/cli.py only hooks this in)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib

@@ -16,7 +16,6 @@ of acknowledged writes, and its own CPU use.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import replace
-from typing import Callable, TextIO
+from typing import TextIO
 
 from nestvec.cluster.loadtest.generator import Connection, Plan, run_generator
 from nestvec.cluster.loadtest.histogram import Histogram
