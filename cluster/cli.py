@@ -1,4 +1,4 @@
-"""The `nestvec` command: `serve`, `demo` and `keygen` (later issues add more subcommands)."""
+"""The `nestvec` command: `serve`, `demo`, `keygen` and `loadtest` (later issues add more subcommands)."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="make a new API key and the key-file line that admits it")
     k.add_argument("--role", choices=ROLES, required=True)
     k.add_argument("--name", default="", help="a label for the key-file line")
+
+    from nestvec.cluster.loadtest.cli import add_parser as add_loadtest_parser
+    add_loadtest_parser(sub)
     return p
 
 
@@ -123,6 +126,9 @@ def _run(args) -> int:
     elif args.command == "demo":
         from nestvec.cluster.demo import run
         run(address=args.address, shards=args.shards)
+    elif args.command == "loadtest":
+        from nestvec.cluster.loadtest.cli import run as run_loadtest
+        return run_loadtest(args)
     elif args.command == "keygen":
         from nestvec.cluster.auth import new_key
         key, line = new_key(args.role, args.name)
