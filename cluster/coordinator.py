@@ -176,9 +176,11 @@ class Coordinator:
     # ----- catalog --------------------------------------------------------------
     @_both
     def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                          nested_dims=None, shards: int | None = None) -> Plan:
+                          nested_dims=None, shards: int | None = None, index=None) -> Plan:
+        """`index`: an ANN graph spec such as {"type": "hnsw", "dim": 64} (docs/ann.md);
+        its build starts in the background on each shard."""
         cfg = CollectionConfig.create(name, dim, metric, nested_dims,
-                                      shards or self.default_shards)
+                                      shards or self.default_shards, index)
         (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
@@ -217,6 +219,30 @@ class Coordinator:
         stats = yield Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
         return c.config, [s if s is not None else {"shard": i, "down": True}
                           for i, s in enumerate(stats)]
+
+    @_both
+    def create_index(self, name: str, index) -> Plan:
+        """Add (or replace) a collection's ANN index; each shard builds it in the background
+        while exact search keeps serving. Returns (config, per-shard stats)."""
+        c = yield from self._collection(name)
+        spec = col.IndexSpec.create(index if index is not None else {}, c.config.dim)
+        if spec is None:
+            raise InvalidArgument("index is empty: give at least {'type': 'hnsw'}")
+        (cfg,) = yield Fanout([(self._catalog.set_index, (name, spec.to_dict()))])
+        if cfg is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        yield Fanout([(h.create_index, (spec.to_dict(),)) for h in c.shards])
+        c.config = CollectionConfig.from_dict(cfg)
+        self._curves = {key: v for key, v in self._curves.items() if key[0] != name}
+        stats = yield Fanout([(h.stats, ()) for h in c.shards])
+        return c.config, stats
+
+    @_both
+    def wait_index(self, name: str, timeout_s: float = 600.0) -> Plan:
+        """Wait until no shard of the collection is building its graph; returns shard stats."""
+        c = yield from self._collection(name)
+        stats = yield Fanout([(h.wait_index, (timeout_s,)) for h in c.shards])
+        return stats
 
     @_both
     def open_collections(self) -> Plan:
@@ -285,6 +311,7 @@ class Coordinator:
     @_both
     def search(self, name: str, queries, k: int = 10, dim: int | None = None,
                funnel=None, allow_partial: bool = False, target_recall: float | None = None,
+               ann: bool = False, ef: int | None = None, candidates: int | None = None,
                _record: bool = True) -> Plan:
         """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel.
 
@@ -292,6 +319,8 @@ class Coordinator:
         `allow_partial`: then the live shards' merged answer comes back with
         `missing_shards` naming the others. With `target_recall` instead of a
         funnel, the cheapest calibrated funnel that reaches it runs (planner.py).
+        With `ann`, each shard takes `candidates` from its ANN graph (beam width
+        `ef`) and re-ranks them exactly at the funnel's stages and `dim` (docs/ann.md).
         """
         c = yield from self._collection(name)
         queries = col.check_queries(queries, c.config, self.limits)
@@ -306,7 +335,8 @@ class Coordinator:
             curve = yield from self._curve(c, int(k))
             chosen = curve.pick(float(target_recall))
             funnel = [list(s) for s in chosen.stages]
-        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
+        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits,
+                               ann, ef, candidates)
         if _record and queries.shape[1] == c.config.dim:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
             rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
@@ -452,7 +482,7 @@ def merge_shard_results(metric: str, queries: np.ndarray, plan: SearchPlan,
     """Merge per-shard (ids, keys) into the global answer (the funnel runs here on candidates)."""
     ids = np.concatenate([p[0] for p in parts], axis=1)
     keys = np.concatenate([p[1] for p in parts], axis=1)
-    if plan.stages:
+    if plan.stages:  # (ANN plans too: their candidates carry a key per stage)
         ids, keys = run_funnel(ids, keys, plan.keeps, plan.k)
     else:
         ids, keys = merge_topk(ids, keys, plan.k)

@@ -234,6 +234,22 @@ class ShardEngine:
         out[..., 1:] = self._rescore(queries, cols, later_dims)
         return Candidates(self._row_ids[cols], out)
 
+    def rescore_ids(self, queries: np.ndarray, ids: np.ndarray, dims: list[int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact keys of candidate ids ([Q, M], e.g. from an ANN graph) at each of `dims`.
+
+        Returns ([Q, M] stored mask, [Q, M, len(dims)] keys); ids not stored get -inf.
+        """
+        pos, found = self._lookup(ids.ravel())
+        if not len(self):
+            return found.reshape(ids.shape), np.full(ids.shape + (len(dims),), -np.inf, np.float32)
+        rows = self._index_rows[np.minimum(pos, len(self) - 1)]
+        rows = np.where(found, rows, 0).reshape(ids.shape)
+        keys = self._rescore(queries, rows, dims)
+        found = found.reshape(ids.shape)
+        keys[~found] = -np.inf
+        return found, keys
+
     # ----- internals ------------------------------------------------------------
     def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
         """[Q, n] keys of every row at prefix `dim`: one matrix product on the view."""
