@@ -42,8 +42,8 @@ from nestvec.cluster.engine import SearchResult, keys_to_scores
 from nestvec.cluster.routing import split_by_shard
 from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
 from nestvec.cluster.topk import merge_topk, run_funnel
-from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NestvecError,
-                            NotFound, Unavailable)
+from nestvec.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument,
+                            NestvecError, NotFound, Unavailable)
 
 DEFAULT_NAMESPACE = "nestvec"
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
@@ -100,6 +100,7 @@ class ClusterSearchResult(SearchResult):
     missing_shards: list[int] = field(default_factory=list)
     funnel_used: list = field(default_factory=list)
     calibrated_recall: float | None = None
+    ann_used: tuple = ()   # with target_recall: (ef, candidates) if an ANN schedule ran
 
 
 @dataclass
@@ -333,8 +334,14 @@ class Coordinator:
             if int(dim or 0) not in (0, c.config.dim):
                 raise InvalidArgument("target_recall plans funnels ranked at the full dim: leave dim at 0")
             curve = yield from self._curve(c, int(k))
-            chosen = curve.pick(float(target_recall))
+            if ann and not curve.index_dim:
+                raise FailedPrecondition(
+                    f"collection {name!r} has no ANN index ready on every shard to plan with: "
+                    "wait for DescribeCollection to show it ready, or search without ann")
+            chosen = curve.pick(float(target_recall), ann_only=bool(ann))
             funnel = [list(s) for s in chosen.stages]
+            ann = bool(chosen.ann)
+            ef, candidates = chosen.ann or (None, None)
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits,
                                ann, ef, candidates)
         if _record and queries.shape[1] == c.config.dim:
@@ -350,7 +357,8 @@ class Coordinator:
         res = merge_shard_results(c.config.metric, queries, plan, live)
         return ClusterSearchResult(res.ids, res.scores, missing,
                                    [list(s) for s in plan.stages] if chosen else [],
-                                   chosen.recall if chosen else None)
+                                   chosen.recall if chosen else None,
+                                   (plan.ef, plan.ann_candidates) if chosen and chosen.ann else ())
 
     @_both
     def calibrate(self, name: str, k: int = 10, queries=None) -> Plan:
@@ -374,20 +382,26 @@ class Coordinator:
                 cached = (planner.Curve.from_dict(stored), 0.0)
         if cached is not None and time.monotonic() - cached[1] < 10:
             return cached[0]
-        live = yield from self._live_count(c)
-        if cached is not None and not cached[0].stale(live):
+        live, index_dim = yield from self._live_count(c, with_index=True)
+        if cached is not None and not cached[0].stale(live) and cached[0].index_dim == index_dim:
             self._curves[key] = (cached[0], time.monotonic())
             return cached[0]
         curve = yield from self._calibrate(c, k, None)
         return curve
 
-    def _live_count(self, c: _Collection):
+    def _live_count(self, c: _Collection, with_index: bool = False):
+        """Sub-plan: live vectors (and, `with_index`, the dim of an ANN graph serving on
+        every shard, 0 if some shard has none)."""
         stats = yield Fanout([(h.stats, ()) for h in c.shards])
-        return int(sum(s["vectors"] for s in stats))
+        live = int(sum(s["vectors"] for s in stats))
+        if not with_index:
+            return live
+        ready = all(s.get("index_state") in ("ready", "stale") for s in stats)
+        return live, int(stats[0].get("index_dim", 0)) if ready else 0
 
     def _calibrate(self, c: _Collection, k: int, queries):
         cfg, name = c.config, c.config.name
-        live = yield from self._live_count(c)
+        live, index_dim = yield from self._live_count(c, with_index=True)
         if live <= k:
             raise InvalidArgument(f"collection {name!r} has {live} vectors: too few to calibrate at k={k}")
         own = None
@@ -415,7 +429,15 @@ class Coordinator:
                 rec = low = 1.0
             schedules.append(planner.Schedule(stages, rec, planner.cost(stages, cfg.dim, live, cfg.shards),
                                               low))
-        curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules))
+        if index_dim:  # ANN schedules: graph walk + exact re-rank at the full dim
+            m = cfg.index.m if cfg.index is not None else 16
+            for ef, cand in planner.ann_schedules(k, live, self.limits.max_candidates):
+                res = yield from Coordinator.search.__wrapped__(
+                    self, name, sample, k + extra, ann=True, ef=ef, candidates=cand, _record=False)
+                rec, low = planner.recall(planner.drop_self(res.ids, own, k), truth)
+                schedules.append(planner.Schedule((), rec, planner.ann_cost(
+                    ef, cand, index_dim, m, cfg.dim, cfg.shards), low, (ef, cand)))
+        curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules), index_dim)
         self._curves[(name, k)] = (curve, time.monotonic())
         yield Fanout([(self._catalog.set_calibration, (name, k, curve.to_dict()))])
         return curve
