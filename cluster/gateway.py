@@ -271,7 +271,8 @@ class VectorSearchServicer:
         res = await self.batcher.search(request.collection, queries, request.k, request.dim,
                                         funnel, request.allow_partial, context.time_remaining(),
                                         request.target_recall or None,
-                                        (True, request.ef, request.candidates) if request.ann else ())
+                                        (request.ann, request.ef, request.candidates)
+                                        if request.ann or request.ef or request.candidates else ())
         resp = pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)

@@ -209,16 +209,22 @@ def test_ann_rerank_is_exact_at_a_prefix_and_through_stages(corpus_ann, client, 
     assert _recall(small.ids, exact.ids) >= 0.98
 
 
-def test_target_recall_plans_ef_and_candidates_with_an_index(corpus_ann, coordinator, client, corpus):
-    name, _ = corpus_ann
-    queries, gt = corpus["queries"], corpus["gt_ids"][:, :10]
-    curve = coordinator.calibrate(name, 10, queries=queries[:300])
+def test_target_recall_plans_ef_and_candidates_with_an_index(client, collection_name, coordinator,
+                                                             corpus):
+    docs, queries = corpus["docs"][:SUBSET], corpus["queries"]
+    client.create_collection(collection_name, 384, "cosine", nested_dims=[64, 128, 384],
+                             index={"dim": 64})
+    client.upsert(collection_name, np.arange(SUBSET), docs)
+    _wait_ready(client, collection_name)
+    curve = coordinator.calibrate(collection_name, 10, queries=queries[:200])
     assert curve.index_dim == 64 and any(s.ann for s in curve.schedules)
-    res = client.search(name, queries[300:], k=10, target_recall=0.9)
+    truth = client.search(collection_name, queries[200:], k=10).ids
+    res = client.search(collection_name, queries[200:], k=10, target_recall=0.9)
     assert res.ann_used is not None, "with a ready index the cheapest schedule is a graph walk"
-    assert _recall(res.ids.astype(np.int64), gt[300:]) >= 0.9
-    only_ann = client.search(name, queries[300:], k=10, target_recall=0.95, ann=True)
+    assert _recall(res.ids, truth) >= 0.9
+    only_ann = client.search(collection_name, queries[200:], k=10, target_recall=0.95, ann=True)
     assert only_ann.ann_used is not None and only_ann.calibrated_recall >= 0.95
+    assert _recall(only_ann.ids, truth) >= 0.95
 
 
 def test_deleted_ids_are_never_returned_and_never_twice(client, collection_name, corpus, coordinator):
@@ -256,10 +262,10 @@ def test_create_index_builds_in_background_while_exact_search_serves(client, col
     client.upsert(collection_name, ids, docs)
     with pytest.raises(FailedPrecondition, match="no ANN index"):
         client.search(collection_name, queries, k=10, ann=True)
-    # a slow build (full dim, dense graph) so searches certainly arrive while it runs
-    info = client.create_index(collection_name, {"type": "hnsw", "dim": 384, "m": 48,
-                                                 "ef_construction": 600})
-    assert info.index["dim"] == 384 and info.shard_info[0].index_state == "building"
+    # a slowish build (wide beam) so searches certainly arrive while it runs
+    info = client.create_index(collection_name, {"type": "hnsw", "dim": 128, "m": 16,
+                                                 "ef_construction": 400})
+    assert info.index["dim"] == 128 and info.shard_info[0].index_state == "building"
     during = 0
     new_ids = np.arange(SUBSET, SUBSET + 200, dtype=np.uint64)
     extra = corpus["docs"][SUBSET:SUBSET + 200]
