@@ -275,11 +275,13 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.nd
         keys = np.zeros((n_q, m, len(later)), dtype=np.float32)
     else:
         found, keys = engine.rescore_ids(queries, ids, later)
-        # stored candidates first (in graph order), then keep m of them
-        order = np.argsort(~found, axis=1, kind="stable")[:, :m]
-        ids = np.take_along_axis(ids, order, axis=1)
-        keys = np.take_along_axis(keys, order[..., None], axis=1)
-        short = np.flatnonzero(found.sum(axis=1) < m)
+        if found.all() and ids.shape[1] == m:  # the usual case: every candidate is stored
+            short = np.empty(0, dtype=np.intp)
+        else:  # stored candidates first (in graph order), then keep m of them
+            order = np.argsort(~found, axis=1, kind="stable")[:, :m]
+            ids = np.take_along_axis(ids, order, axis=1)
+            keys = np.take_along_axis(keys, order[..., None], axis=1)
+            short = np.flatnonzero(found.sum(axis=1) < m)
     if short.size:
         ann.fallback_queries += int(short.size)
         exact_ids, _ = engine.top_keys(queries[short], m, plan.dim)

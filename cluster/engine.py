@@ -243,10 +243,12 @@ class ShardEngine:
         pos, found = self._lookup(ids.ravel())
         if not len(self):
             return found.reshape(ids.shape), np.full(ids.shape + (len(dims),), -np.inf, np.float32)
-        rows = self._index_rows[np.minimum(pos, len(self) - 1)]
-        rows = np.where(found, rows, 0).reshape(ids.shape)
-        keys = self._rescore(queries, rows, dims)
         found = found.reshape(ids.shape)
+        if found.all():  # the usual case: skip the masking
+            return found, self._rescore(queries, self._index_rows[pos].reshape(ids.shape), dims)
+        rows = self._index_rows[np.minimum(pos, len(self) - 1)]
+        rows = np.where(found.ravel(), rows, 0).reshape(ids.shape)
+        keys = self._rescore(queries, rows, dims)
         keys[~found] = -np.inf
         return found, keys
 
