@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", type=int, default=None, help="use only the first N docs")
     p.add_argument("--quick", action="store_true", help="20k docs, 200 queries, 1 s per point")
     p.add_argument("--out", default=None, help="results name under bench/results/")
+    p.add_argument("--replot", nargs="+", default=None, metavar="NAME",
+                   help="only plot these results files (names under bench/results/) side by side "
+                        "into docs/img/<--out>.png")
     a = p.parse_args(argv)
     if a.quick:
         a.docs, a.queries, a.budget = a.docs or 20_000, min(a.queries, 200), min(a.budget, 1.0)
@@ -261,7 +264,7 @@ def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
                             "cheapest setting at recall@10 ≥ 0.95", "QPS (batch 1)", "QPS vs hnswlib"],
                            rows)
     log(table)
-    return {"label": label, "vectors": int(x.shape[0]), "dim": int(x.shape[1]),
+    return {"label": label, "vectors": int(x.shape[0]), "dim": int(x.shape[1]), "threads": a.threads,
             "queries": int(queries.shape[0]), "methods": methods, "table": table}
 
 
@@ -270,7 +273,9 @@ def plot(sets: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
-    style = {"hnswlib": ("tab:orange", "s--"), "faiss": ("tab:red", "^--"), "nestvec-ann": (None, "o-"),
+    style = {"hnswlib": ("tab:orange", "s--"), "faiss": ("tab:red", "^--"),
+             "nestvec-ann-32": ("tab:cyan", "o-"), "nestvec-ann-64": ("tab:blue", "o-"),
+             "nestvec-ann-128": ("tab:green", "o-"), "nestvec-ann": ("tab:purple", "o-"),
              "nestvec-e2e": ("black", "D:")}
     for ax, s in zip(axes[0], sets):
         for mth in s["methods"]:
@@ -285,7 +290,8 @@ def plot(sets: list[dict], path: str) -> None:
                     right=1.001)
         ax.set_xlabel("recall@10 vs exact full-dim search")
         ax.set_ylabel("queries/s, batch 1 (log)")
-        ax.set_title(f"{s['label']}: {s['vectors']:,} x {s['dim']}, {ARGS.threads} threads")
+        ax.set_title(f"{s['label']}: {s['vectors']:,} x {s['dim']}, {s.get('threads', ARGS.threads)} threads",
+                     fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7.5, loc="lower left")
     fig.tight_layout()
@@ -294,6 +300,15 @@ def plot(sets: list[dict], path: str) -> None:
 
 
 def main(a=ARGS) -> None:
+    img = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "img",
+                       f"{a.out}.png")
+    if a.replot:
+        import json
+
+        from _common import RESULTS
+        plot([s for name in a.replot for s in json.loads((RESULTS / f"{name}.json").read_text())["sets"]],
+             img)
+        return
     _threads.pin_loaded(a.threads)
     faiss.cvar.distance_compute_blas_threshold = 20
     c = load_corpus(a.data or DEFAULT_DATA, docs=a.docs, queries=a.queries)
@@ -309,8 +324,6 @@ def main(a=ARGS) -> None:
         log(f"exact ground truth in {time.perf_counter() - t0:.0f}s")
         sets.append(run_set(f"corpusA x{a.scale / c.docs.shape[0]:g} perturbed", x, c.queries, truth, a))
         del x
-    img = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "img",
-                       f"{a.out}.png")
     plot(sets, img)
     path = write_results(a.out, {"config": {k: v for k, v in vars(a).items()}, "machine": machine(),
                                  "sets": sets, "plot": os.path.relpath(img)})

@@ -122,7 +122,9 @@ class AnnIndex:
         if c <= 0:
             return np.empty((queries.shape[0], 0), dtype=np.uint64)
         self._g.set_ef(max(int(ef), c))
-        labels, _ = self._g.knn_query(self.prepare(queries), k=c, num_threads=self.threads)
+        # Queries need no normalising: scaling a query scales all its inner products alike.
+        q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
+        labels, _ = self._g.knn_query(q, k=c, num_threads=self.threads)
         return labels
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:

@@ -217,6 +217,7 @@ class Coordinator:
     def describe_collection(self, name: str) -> Plan:
         """(config, per-shard stats dicts; a shard that is down reports {"shard": i, "down": True})."""
         c = yield from self._collection(name)
+        yield from self._refresh_config(c)  # CreateIndex may have come through another gateway
         stats = yield Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
         return c.config, [s if s is not None else {"shard": i, "down": True}
                           for i, s in enumerate(stats)]
@@ -342,6 +343,8 @@ class Coordinator:
             funnel = [list(s) for s in chosen.stages]
             ann = bool(chosen.ann)
             ef, candidates = chosen.ann or (None, None)
+        if ann and c.config.index is None:  # maybe created through another gateway
+            yield from self._refresh_config(c)
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits,
                                ann, ef, candidates)
         if _record and queries.shape[1] == c.config.dim:
@@ -460,6 +463,12 @@ class Coordinator:
             self._cache[name] = c
         return c
 
+    def _refresh_config(self, c: _Collection):
+        """Sub-plan: re-read the collection's config (its index spec can change) from the catalog."""
+        (cfg,) = yield Fanout([(self._catalog.get, (c.config.name,))])
+        if cfg is not None and cfg.get("uid") == c.config.uid:
+            c.config = CollectionConfig.from_dict(cfg)
+
     def _spawn_shards(self, cfg: CollectionConfig, reuse: bool) -> list:
         """Start the shard actors (`reuse`: attach to any already running under the name)."""
         return [self._spawn_shard(cfg, i, reuse) for i in range(cfg.shards)]
@@ -502,8 +511,11 @@ class Coordinator:
 def merge_shard_results(metric: str, queries: np.ndarray, plan: SearchPlan,
                         parts: list[tuple[np.ndarray, np.ndarray]]) -> SearchResult:
     """Merge per-shard (ids, keys) into the global answer (the funnel runs here on candidates)."""
-    ids = np.concatenate([p[0] for p in parts], axis=1)
-    keys = np.concatenate([p[1] for p in parts], axis=1)
+    if len(parts) == 1:
+        ids, keys = parts[0]
+    else:
+        ids = np.concatenate([p[0] for p in parts], axis=1)
+        keys = np.concatenate([p[1] for p in parts], axis=1)
     if plan.stages:  # (ANN plans too: their candidates carry a key per stage)
         ids, keys = run_funnel(ids, keys, plan.keeps, plan.k)
     else:

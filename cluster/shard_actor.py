@@ -47,8 +47,7 @@ class ShardActor:
                       if directory else None)
         self.engine = self.store.engine if self.store else ShardEngine(self.config)
         if spec is not None and self.ann.graph is None:
-            self.ann.start_build(self.engine, "recovery: " + self.ann.load_problem
-                                 if self.store else "created")
+            self.ann.start_build(self.engine, f"start: {self.ann.load_problem or 'new shard'}")
         self.was_restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> bool:
