@@ -28,6 +28,7 @@ from nestvec.errors import FailedPrecondition, InvalidArgument
 from tests.oracle import assert_matches_oracle
 
 SUBSET = 20_000
+SMALL = 10_000   # where the claim does not need more (keeps CI time down)
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -256,8 +257,8 @@ def test_deleted_ids_are_never_returned_and_never_twice(client, collection_name,
 
 
 def test_create_index_builds_in_background_while_exact_search_serves(client, collection_name, corpus):
-    docs, queries = corpus["docs"][:SUBSET], corpus["queries"][:20]
-    ids = np.arange(SUBSET, dtype=np.uint64)
+    docs, queries = corpus["docs"][:SMALL], corpus["queries"][:20]
+    ids = np.arange(SMALL, dtype=np.uint64)
     client.create_collection(collection_name, 384, "cosine", shards=1)
     client.upsert(collection_name, ids, docs)
     with pytest.raises(FailedPrecondition, match="no ANN index"):
@@ -267,8 +268,8 @@ def test_create_index_builds_in_background_while_exact_search_serves(client, col
                                                  "ef_construction": 400})
     assert info.index["dim"] == 128 and info.shard_info[0].index_state == "building"
     during = 0
-    new_ids = np.arange(SUBSET, SUBSET + 200, dtype=np.uint64)
-    extra = corpus["docs"][SUBSET:SUBSET + 200]
+    new_ids = np.arange(SMALL, SMALL + 200, dtype=np.uint64)
+    extra = corpus["docs"][SMALL:SMALL + 200]
     client.upsert(collection_name, new_ids, extra)  # a write during the build
     all_ids, all_docs = np.concatenate([ids, new_ids]), np.concatenate([docs, extra])
     while client.describe_collection(collection_name).shard_info[0].index_state == "building":
@@ -277,7 +278,7 @@ def test_create_index_builds_in_background_while_exact_search_serves(client, col
         during += 1
     shard = _wait_ready(client, collection_name)[0]
     assert during > 0 and shard.index_fallback_queries > 0
-    assert shard.index_vectors == SUBSET + 200 and 0 < shard.index_progress <= 1
+    assert shard.index_vectors == SMALL + 200 and 0 < shard.index_progress <= 1
     res = client.search(collection_name, extra[:50], k=1, ann=True)
     assert (res.ids[:, 0] == new_ids[:50]).all()  # the write during the build is in the graph
 
@@ -335,10 +336,10 @@ def test_index_survives_restart_without_rebuild(durable, corpus):
     name = "ann-restart"
     with Client(gw.address, timeout=120) as c:
         c.create_collection(name, 384, "cosine", index={"dim": 64})
-        c.upsert(name, np.arange(SUBSET), docs[:SUBSET])
+        c.upsert(name, np.arange(SMALL), docs[:SMALL])
         _wait_ready(c, name)
         coord.checkpoint()  # the snapshot now holds the graph
-        c.upsert(name, np.arange(SUBSET, SUBSET + 300), docs[SUBSET:SUBSET + 300])  # log only
+        c.upsert(name, np.arange(SMALL, SMALL + 300), docs[SMALL:SMALL + 300])  # log only
         c.delete(name, np.arange(100))
         before = c.search(name, queries, k=10, ann=True)
         actor = c.describe_collection(name).shard_info[0].actor_name
@@ -346,7 +347,7 @@ def test_index_survives_restart_without_rebuild(durable, corpus):
         _restart_shard(ns, actor)
         s = c.describe_collection(name).shard_info[0]
         assert s.index_state == "ready" and s.index_loaded and s.index_builds == 0, s
-        assert s.index_vectors == s.vectors == SUBSET + 200
+        assert s.index_vectors == s.vectors == SMALL + 200
         after = c.search(name, queries, k=10, ann=True)
         np.testing.assert_array_equal(after.ids, before.ids)
         np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
@@ -362,7 +363,7 @@ def test_index_survives_restart_without_rebuild(durable, corpus):
         assert not s.index_loaded and (
             s.index_state == "building" and "no saved graph" in s.index_reason
             or s.index_state == "ready" and s.index_builds == 1), s
-        live = np.arange(100, SUBSET + 300)
+        live = np.arange(100, SMALL + 300)
         res = c.search(name, queries, k=10, ann=True)  # exact while building, graph after
         _check_exact_scores(res.ids, res.scores, live.astype(np.uint64), docs[live], queries, 384)
         s = _wait_ready(c, name)[0]
