@@ -22,6 +22,18 @@ class ShardInfo:
     down: bool = False    # did not answer (restarting, or lost)
     actor_name: str = ""  # the shard's Ray actor name (in the server's namespace)
     wal_bytes: int = 0    # log written since the last snapshot
+    # The shard's ANN graph (docs/ann.md): state none / building / ready / stale / failed
+    index_state: str = "none"
+    index_progress: float = 0.0      # share of the running build done
+    index_dim: int = 0
+    index_bytes: int = 0             # graph memory
+    index_build_seconds: float = 0.0
+    index_vectors: int = 0
+    index_deleted: int = 0
+    index_builds: int = 0            # builds since the shard process started
+    index_loaded: bool = False       # loaded from a snapshot (not rebuilt)
+    index_reason: str = ""
+    index_fallback_queries: int = 0  # ANN queries answered exactly (no graph yet)
 
 
 @dataclass
@@ -34,6 +46,13 @@ class CollectionInfo:
     first_stage: str = "float32"         # precision of funnel shortlists (create_collection)
     vectors: int = 0                     # filled by describe_collection
     shard_info: list[ShardInfo] = field(default_factory=list)
+    index: dict | None = None            # the ANN index spec, if any
+
+    @property
+    def index_ready(self) -> bool:
+        """Every shard has a graph serving ANN searches (ready, or stale while rebuilding)."""
+        return bool(self.shard_info) and all(s.index_state in ("ready", "stale")
+                                             for s in self.shard_info)
 
 
 @dataclass
@@ -49,6 +68,7 @@ class SearchResult:
     missing_shards: list[int] = field(default_factory=list)  # only with allow_partial=True
     funnel_used: list[tuple[int, int]] = field(default_factory=list)  # with target_recall / "auto"
     calibrated_recall: float | None = None                       # with target_recall / "auto"
+    ann_used: tuple[int, int] | None = None  # with target_recall: (ef, candidates) if ANN ran
 
 
 @dataclass
@@ -83,7 +103,7 @@ def as_matrix(values) -> np.ndarray:
     return arr[None, :] if arr.ndim == 1 else arr
 
 
-def create_request(name, dim, metric, nested_dims, shards, first_stage=None
+def create_request(name, dim, metric, nested_dims, shards, first_stage=None, index=None
                    ) -> pb.CreateCollectionRequest:
     m = wire.METRIC_TO_WIRE.get(str(metric).lower())
     if m is None:
@@ -92,9 +112,24 @@ def create_request(name, dim, metric, nested_dims, shards, first_stage=None
     if p is None:
         raise InvalidArgument(f"unknown first_stage {first_stage!r}: use one of "
                               f"{', '.join(wire.PRECISION_TO_WIRE)}")
-    return pb.CreateCollectionRequest(name=name, dim=int(dim), metric=m,
-                                      nested_dims=[int(d) for d in nested_dims or ()],
-                                      shards=int(shards or 0), first_stage=p)
+    req = pb.CreateCollectionRequest(name=name, dim=int(dim), metric=m,
+                                     nested_dims=[int(d) for d in nested_dims or ()],
+                                     shards=int(shards or 0), first_stage=p)
+    if index is not None:
+        req.index.CopyFrom(index_spec(index))
+    return req
+
+
+def index_spec(index) -> pb.IndexSpec:
+    """{"type": "hnsw", "dim": 64, "m": 16, "ef_construction": 200} (all optional) as a message."""
+    if not isinstance(index, dict):
+        raise InvalidArgument(f"index must be a dict like {{'type': 'hnsw', 'dim': 64}}, got {index!r}")
+    unknown = set(index) - {"type", "dim", "m", "ef_construction"}
+    if unknown:
+        raise InvalidArgument(f"unknown index options {sorted(unknown)}: use type, dim, m, ef_construction")
+    return pb.IndexSpec(type=str(index.get("type") or "hnsw"), dim=_uint32(index.get("dim"), "index dim"),
+                        m=_uint32(index.get("m"), "index m"),
+                        ef_construction=_uint32(index.get("ef_construction"), "index ef_construction"))
 
 
 def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -119,7 +154,8 @@ AUTO_TARGET_RECALL = 0.95  # funnel="auto"
 
 
 def search_request(collection, queries, k, dim, funnel, dtype="float32",
-                   allow_partial=False, target_recall=None) -> pb.SearchRequest:
+                   allow_partial=False, target_recall=None, ann=False, ef=None,
+                   candidates=None) -> pb.SearchRequest:
     k, dim = _uint32(k, "k"), _uint32(dim, "dim")
     if isinstance(funnel, str):
         if funnel != "auto":
@@ -127,7 +163,8 @@ def search_request(collection, queries, k, dim, funnel, dtype="float32",
         funnel, target_recall = None, target_recall or AUTO_TARGET_RECALL
     req = pb.SearchRequest(collection=collection, queries=wire.encode_matrix(as_matrix(queries), dtype),
                            k=int(k), dim=int(dim or 0), allow_partial=bool(allow_partial),
-                           target_recall=float(target_recall or 0))
+                           target_recall=float(target_recall or 0), ann=bool(ann),
+                           ef=_uint32(ef, "ef"), candidates=_uint32(candidates, "candidates"))
     for stage in funnel or ():
         try:
             d, c = stage
@@ -143,7 +180,8 @@ def read_search(resp: pb.SearchResponse) -> SearchResult:
     return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape),
                         list(resp.missing_shards),
                         [(s.dim, s.candidates) for s in resp.funnel_used],
-                        float(resp.calibrated_recall) if planned else None)
+                        float(resp.calibrated_recall) if planned else None,
+                        (resp.ann_ef, resp.ann_candidates) if resp.ann_candidates else None)
 
 
 def read_get(resp: pb.GetResponse) -> GetResult:
@@ -158,8 +196,15 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
         first_stage=wire.PRECISION_FROM_WIRE.get(info.first_stage, "unknown"),
         shard_info=[ShardInfo(shard=s.shard, vectors=s.vectors, tombstones=s.tombstones,
                               capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
-                              actor_name=s.actor_name)
-                    for s in info.shard_info])
+                              actor_name=s.actor_name, **{f: getattr(s, f) for f in _INDEX_FIELDS})
+                    for s in info.shard_info],
+        index=({"type": info.index.type, "dim": info.index.dim, "m": info.index.m,
+                "ef_construction": info.index.ef_construction} if info.HasField("index") else None))
+
+
+_INDEX_FIELDS = ("index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds",
+                 "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason",
+                 "index_fallback_queries")
 
 
 def rpc_error(err) -> NestvecError:

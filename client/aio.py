@@ -53,10 +53,17 @@ class AsyncClient:
     @_wrap_errors
     async def create_collection(self, name: str, dim: int, metric: str = "cosine",
                                 nested_dims=None, shards: int | None = None,
-                                timeout: float | None = None,
-                                first_stage: str = "float32") -> m.CollectionInfo:
-        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage)
+                                timeout: float | None = None, *, first_stage: str = "float32",
+                                index: dict | None = None) -> m.CollectionInfo:
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index)
         return m.read_info((await self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md)).collection)
+
+    @_wrap_errors
+    async def create_index(self, collection: str, index: dict | None = None,
+                           timeout: float | None = None) -> m.CollectionInfo:
+        req = pb.CreateIndexRequest(collection=collection, index=m.index_spec(index or {}))
+        return m.read_info((await self._stub.CreateIndex(req, timeout=self._t(timeout),
+                                                         metadata=self._md)).collection)
 
     @_wrap_errors
     async def describe_collection(self, name: str, timeout: float | None = None) -> m.CollectionInfo:
@@ -110,8 +117,9 @@ class AsyncClient:
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
                      funnel=None, *, allow_partial: bool = False,
-                     target_recall: float | None = None, dtype: str = "float32",
-                     timeout: float | None = None) -> m.SearchResult:
+                     target_recall: float | None = None, ann: bool = False,
+                     ef: int | None = None, candidates: int | None = None,
+                     dtype: str = "float32", timeout: float | None = None) -> m.SearchResult:
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
-                               target_recall)
+                               target_recall, ann, ef, candidates)
         return m.read_search(await self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

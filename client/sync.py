@@ -56,12 +56,22 @@ class Client:
 
     @_wrap_errors
     def create_collection(self, name: str, dim: int, metric: str = "cosine", nested_dims=None,
-                          shards: int | None = None, timeout: float | None = None,
-                          first_stage: str = "float32") -> m.CollectionInfo:
-        """first_stage: "float32", "float16" or "int8" copies of the leading dims for funnel
-        shortlists (docs/funnel-planning.md); returned scores are exact either way."""
-        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage)
+                          shards: int | None = None, timeout: float | None = None, *,
+                          first_stage: str = "float32", index: dict | None = None) -> m.CollectionInfo:
+        """`first_stage`: "float32", "float16" or "int8" copies of the leading dims for funnel
+        shortlists (docs/funnel-planning.md); returned scores are exact either way.
+        `index`: an ANN index built in the background, e.g. {"type": "hnsw", "dim": 64,
+        "m": 16, "ef_construction": 200} (docs/ann.md)."""
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index)
         return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md).collection)
+
+    @_wrap_errors
+    def create_index(self, collection: str, index: dict | None = None,
+                     timeout: float | None = None) -> m.CollectionInfo:
+        """Add or replace the collection's ANN index; shards build it in the background
+        (exact search keeps serving). Poll describe_collection(...).index_ready."""
+        req = pb.CreateIndexRequest(collection=collection, index=m.index_spec(index or {}))
+        return m.read_info(self._stub.CreateIndex(req, timeout=self._t(timeout), metadata=self._md).collection)
 
     @_wrap_errors
     def describe_collection(self, name: str, timeout: float | None = None) -> m.CollectionInfo:
@@ -109,14 +119,17 @@ class Client:
     @_wrap_errors
     def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
                *, allow_partial: bool = False, target_recall: float | None = None,
+               ann: bool = False, ef: int | None = None, candidates: int | None = None,
                dtype: str = "float32",
                timeout: float | None = None) -> m.SearchResult:
         """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel.
 
         `funnel`: a list of (dim, candidates) stages, or "auto". `target_recall`
         (instead of a funnel): the recall@k needed; the result says which funnel
-        ran (`funnel_used`) and its `calibrated_recall`.
+        ran (`funnel_used`) and its `calibrated_recall`. `ann=True`: candidates from the
+        collection's ANN graph (beam width `ef`, `candidates` per shard; defaults in
+        docs/ann.md), re-ranked exactly at the funnel's stages and `dim`.
         """
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
-                               target_recall)
+                               target_recall, ann, ef, candidates)
         return m.read_search(self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

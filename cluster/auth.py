@@ -26,7 +26,7 @@ ENV_VAR = "NESTVEC_API_KEYS"
 CALL_ROLES = {
     "DescribeCollection": "read", "ListCollections": "read", "Get": "read", "Search": "read",
     "Upsert": "write", "UpsertStream": "write", "Delete": "write",
-    "CreateCollection": "admin", "DropCollection": "admin",
+    "CreateCollection": "admin", "DropCollection": "admin", "CreateIndex": "admin",
 }
 
 

@@ -48,12 +48,13 @@ class SearchBatcher:
 
     async def search(self, name: str, queries: np.ndarray, k: int, dim: int, funnel: list,
                      allow_partial: bool, timeout: float | None,
-                     target_recall: float | None = None) -> ClusterSearchResult:
+                     target_recall: float | None = None, ann: tuple = ()) -> ClusterSearchResult:
+        """`ann`: () for a scan, else (ann, ef, candidates) (0 = default) for an ANN search."""
         if target_recall:  # planned searches go straight through (they may calibrate first)
             return await self.coord.asearch(name, queries, k, dim, funnel, allow_partial,
-                                            target_recall, timeout=timeout)
+                                            target_recall, ann=bool(ann and ann[0]), timeout=timeout)
         key = (name, int(k), int(dim or 0), tuple(tuple(s) for s in funnel), bool(allow_partial),
-               queries.ndim == 2 and queries.shape[1])
+               queries.ndim == 2 and queries.shape[1], tuple(ann))
         if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= self.max_rows or (
                 self._in_flight == 0 and key not in self._pending):
             return await self._run(key, queries, timeout)
@@ -72,11 +73,12 @@ class SearchBatcher:
         return await member.future
 
     async def _run(self, key: tuple, queries: np.ndarray, timeout: float | None):
-        name, k, dim, funnel, partial, _ = key
+        name, k, dim, funnel, partial, _, ann = key
+        ann_args = dict(ann=ann[0], ef=ann[1], candidates=ann[2]) if ann else {}
         self._in_flight += 1
         try:
             return await self.coord.asearch(name, queries, k, dim, [list(s) for s in funnel],
-                                            partial, timeout=timeout)
+                                            partial, timeout=timeout, **ann_args)
         finally:
             self._in_flight -= 1
 

@@ -57,6 +57,15 @@ class CatalogActor:
             self._collections[name].setdefault("calibration", {})[str(k)] = curve
             self._persist()
 
+    def set_index(self, name: str, index: dict) -> dict | None:
+        """Record a collection's ANN index spec (CreateIndex); returns the updated config."""
+        if name not in self._collections:
+            return None
+        self._collections[name]["index"] = index
+        self._collections[name].pop("calibration", None)  # an index changes the curve
+        self._persist()
+        return self._collections[name]
+
     def get(self, name: str) -> dict | None:
         return self._collections.get(name)
 

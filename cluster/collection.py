@@ -36,6 +36,59 @@ def default_nested_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
+INDEX_TYPES = ("hnsw",)
+MAX_GRAPH_M = 128
+MAX_EF = 10_000
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """An ANN graph over each shard's leading `dim` dims (ann_index.py, docs/ann.md)."""
+
+    type: str = "hnsw"
+    dim: int = 64
+    m: int = 16                 # graph degree (hnswlib's M)
+    ef_construction: int = 200  # build-time beam width
+
+    @staticmethod
+    def create(spec, dim: int) -> "IndexSpec | None":
+        """Validate a user's index option (a dict, an IndexSpec or None) for a collection of `dim`."""
+        if spec is None or spec == {}:
+            return None
+        if isinstance(spec, IndexSpec):
+            spec = spec.to_dict()
+        if not isinstance(spec, dict):
+            raise InvalidArgument(f"index must be a dict like {{'type': 'hnsw', 'dim': 64}}, got {spec!r}")
+        unknown = set(spec) - {"type", "dim", "m", "ef_construction"}
+        if unknown:
+            raise InvalidArgument(f"unknown index options {sorted(unknown)}: use type, dim, m, ef_construction")
+        kind = str(spec.get("type") or "hnsw").lower()
+        if kind not in INDEX_TYPES:
+            raise InvalidArgument(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
+        try:
+            d = int(spec.get("dim") or min(64, dim))
+            m = int(spec.get("m") or 16)
+            efc = int(spec.get("ef_construction") or 200)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"index dim, m and ef_construction must be integers, got {spec!r}") from None
+        if not 1 <= d <= dim:
+            raise InvalidArgument(f"index dim {d} is outside 1..{dim}: the graph covers a prefix of the vectors")
+        if not 2 <= m <= MAX_GRAPH_M:
+            raise InvalidArgument(f"index m must be between 2 and {MAX_GRAPH_M}, got {m}")
+        if not m <= efc <= MAX_EF:
+            raise InvalidArgument(f"index ef_construction must be between m ({m}) and {MAX_EF}, got {efc}")
+        return IndexSpec(kind, d, m, efc)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict | None) -> "IndexSpec | None":
+        if not d:
+            return None
+        return IndexSpec(d.get("type", "hnsw"), int(d["dim"]), int(d["m"]), int(d["ef_construction"]))
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     name: str
@@ -45,11 +98,12 @@ class CollectionConfig:
     shards: int = 1
     uid: str = ""  # fresh per creation: names this incarnation's files on disk
     first_stage: str = "float32"  # precision of funnel shortlists at dims <= lowp.LOWP_MAX_DIM
+    index: IndexSpec | None = None  # ANN graph built at creation (or later by CreateIndex)
 
     @staticmethod
     def create(name: str, dim: int, metric: str = "cosine",
                nested_dims: list[int] | tuple[int, ...] | None = None,
-               shards: int = 1, first_stage: str | None = None) -> "CollectionConfig":
+               shards: int = 1, first_stage: str | None = None, index=None) -> "CollectionConfig":
         """Validate and normalise user input into a config (nested dims sorted, dim included)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidArgument(
@@ -79,7 +133,7 @@ class CollectionConfig:
             raise InvalidArgument(
                 f"unknown first_stage precision {first_stage!r}: use one of {', '.join(PRECISIONS)}")
         return CollectionConfig(name, dim, metric, tuple(dims), int(shards), uuid.uuid4().hex[:12],
-                                first_stage)
+                                first_stage, IndexSpec.create(index, dim))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -90,7 +144,8 @@ class CollectionConfig:
     def from_dict(d: dict) -> "CollectionConfig":
         return CollectionConfig(d["name"], int(d["dim"]), d["metric"],
                                 tuple(int(x) for x in d["nested_dims"]), int(d["shards"]),
-                                d.get("uid", ""), d.get("first_stage", "float32"))
+                                d.get("uid", ""), d.get("first_stage", "float32"),
+                                IndexSpec.from_dict(d.get("index")))
 
 
 @dataclass(frozen=True)
@@ -100,6 +155,10 @@ class SearchPlan:
     k: int
     dim: int
     stages: tuple[tuple[int, int], ...] = ()   # (dim, candidates) shortlists before the final rank
+    # ANN (docs/ann.md): > 0 means candidates come from each shard's graph walk (with
+    # beam width `ef`) instead of a scan; `stages` then re-rank them, then the final dim.
+    ann_candidates: int = 0
+    ef: int = 0
 
     @property
     def keeps(self) -> list[int]:
@@ -165,9 +224,25 @@ def check_queries(queries, cfg: CollectionConfig, limits: Limits = DEFAULT_LIMIT
     return arr
 
 
+def default_ann_candidates(k: int, dim: int, index_dim: int, limit: int) -> int:
+    """Candidates an ANN search re-ranks by default: k x max(5, 5 x dim / index_dim).
+
+    The shorter the graph's prefix against the ranking dim, the more its order
+    differs from the exact one, so the more candidates the re-rank needs. On
+    corpusA (k=10, 384 dims) this is 150 at a 128-dim graph (recall@10 0.98) and
+    300 at 64 dims (0.95); docs/ann.md has the curves.
+    """
+    return int(min(limit, max(k, k * max(5, -(-5 * dim // max(1, index_dim))))))
+
+
 def plan_search(cfg: CollectionConfig, query_dim: int, k: int, dim: int | None = 0,
-                funnel=None, limits: Limits = DEFAULT_LIMITS) -> SearchPlan:
-    """Validate k, dim and funnel stages against the collection and the queries sent."""
+                funnel=None, limits: Limits = DEFAULT_LIMITS, ann: bool = False,
+                ef: int | None = None, candidates: int | None = None) -> SearchPlan:
+    """Validate k, dim and funnel stages against the collection and the queries sent.
+
+    With `ann`, candidates come from the graph (default count: default_ann_candidates;
+    default ef: the candidate count) and the funnel stages re-rank them.
+    """
     k = int(k)
     if not 1 <= k <= limits.max_k:
         raise InvalidArgument(f"k must be between 1 and {limits.max_k}, got {k}")
@@ -200,7 +275,21 @@ def plan_search(cfg: CollectionConfig, query_dim: int, k: int, dim: int | None =
             raise InvalidArgument(
                 f"funnel stage {i} keeps {sc} candidates, above the limit {limits.max_candidates}")
         stages.append((sd, sc))
-    return SearchPlan(k=k, dim=dim, stages=tuple(stages))
+    if not ann:
+        if ef or candidates:
+            raise InvalidArgument("ef and candidates apply to ANN searches: set ann=True")
+        return SearchPlan(k=k, dim=dim, stages=tuple(stages))
+    if cfg.index is not None and query_dim < cfg.index.dim:
+        raise InvalidArgument(f"queries have dim {query_dim} but the ANN graph walks {cfg.index.dim} "
+                              "dims: send at least that many leading dims")
+    index_dim = cfg.index.dim if cfg.index is not None else dim
+    cand = int(candidates or 0) or default_ann_candidates(k, dim, index_dim, limits.max_candidates)
+    if not k <= cand <= limits.max_candidates:
+        raise InvalidArgument(f"ANN candidates must be between k={k} and {limits.max_candidates}, got {cand}")
+    ef = int(ef or 0) or cand
+    if not 1 <= ef <= MAX_EF:
+        raise InvalidArgument(f"ef must be between 1 and {MAX_EF}, got {ef}")
+    return SearchPlan(k=k, dim=dim, stages=tuple(stages), ann_candidates=cand, ef=ef)
 
 
 def _as_matrix(values, what: str) -> np.ndarray:

@@ -42,8 +42,8 @@ from nestvec.cluster.engine import SearchResult, keys_to_scores
 from nestvec.cluster.routing import split_by_shard
 from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
 from nestvec.cluster.topk import merge_topk, run_funnel
-from nestvec.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NestvecError,
-                            NotFound, Unavailable)
+from nestvec.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument,
+                            NestvecError, NotFound, Unavailable)
 
 DEFAULT_NAMESPACE = "nestvec"
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
@@ -100,6 +100,7 @@ class ClusterSearchResult(SearchResult):
     missing_shards: list[int] = field(default_factory=list)
     funnel_used: list = field(default_factory=list)
     calibrated_recall: float | None = None
+    ann_used: tuple = ()   # with target_recall: (ef, candidates) if an ANN schedule ran
 
 
 @dataclass
@@ -177,9 +178,12 @@ class Coordinator:
     @_both
     def create_collection(self, name: str, dim: int, metric: str = "cosine",
                           nested_dims=None, shards: int | None = None,
-                          first_stage: str | None = None) -> Plan:
+                          first_stage: str | None = None, index=None) -> Plan:
+        """`first_stage`: "float32", "float16" or "int8" shortlist copies (lowp.py);
+        `index`: an ANN graph spec such as {"type": "hnsw", "dim": 64} (docs/ann.md),
+        whose build starts in the background on each shard."""
         cfg = CollectionConfig.create(name, dim, metric, nested_dims,
-                                      shards or self.default_shards, first_stage)
+                                      shards or self.default_shards, first_stage, index)
         (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
@@ -215,9 +219,34 @@ class Coordinator:
     def describe_collection(self, name: str) -> Plan:
         """(config, per-shard stats dicts; a shard that is down reports {"shard": i, "down": True})."""
         c = yield from self._collection(name)
+        yield from self._refresh_config(c)  # CreateIndex may have come through another gateway
         stats = yield Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
         return c.config, [s if s is not None else {"shard": i, "down": True}
                           for i, s in enumerate(stats)]
+
+    @_both
+    def create_index(self, name: str, index) -> Plan:
+        """Add (or replace) a collection's ANN index; each shard builds it in the background
+        while exact search keeps serving. Returns (config, per-shard stats)."""
+        c = yield from self._collection(name)
+        spec = col.IndexSpec.create(index if index is not None else {}, c.config.dim)
+        if spec is None:
+            raise InvalidArgument("index is empty: give at least {'type': 'hnsw'}")
+        (cfg,) = yield Fanout([(self._catalog.set_index, (name, spec.to_dict()))])
+        if cfg is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        yield Fanout([(h.create_index, (spec.to_dict(),)) for h in c.shards])
+        c.config = CollectionConfig.from_dict(cfg)
+        self._curves = {key: v for key, v in self._curves.items() if key[0] != name}
+        stats = yield Fanout([(h.stats, ()) for h in c.shards])
+        return c.config, stats
+
+    @_both
+    def wait_index(self, name: str, timeout_s: float = 600.0) -> Plan:
+        """Wait until no shard of the collection is building its graph; returns shard stats."""
+        c = yield from self._collection(name)
+        stats = yield Fanout([(h.wait_index, (timeout_s,)) for h in c.shards])
+        return stats
 
     @_both
     def open_collections(self) -> Plan:
@@ -286,6 +315,7 @@ class Coordinator:
     @_both
     def search(self, name: str, queries, k: int = 10, dim: int | None = None,
                funnel=None, allow_partial: bool = False, target_recall: float | None = None,
+               ann: bool = False, ef: int | None = None, candidates: int | None = None,
                _record: bool = True) -> Plan:
         """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel.
 
@@ -293,6 +323,8 @@ class Coordinator:
         `allow_partial`: then the live shards' merged answer comes back with
         `missing_shards` naming the others. With `target_recall` instead of a
         funnel, the cheapest calibrated funnel that reaches it runs (planner.py).
+        With `ann`, each shard takes `candidates` from its ANN graph (beam width
+        `ef`) and re-ranks them exactly at the funnel's stages and `dim` (docs/ann.md).
         """
         c = yield from self._collection(name)
         queries = col.check_queries(queries, c.config, self.limits)
@@ -305,9 +337,18 @@ class Coordinator:
             if int(dim or 0) not in (0, c.config.dim):
                 raise InvalidArgument("target_recall plans funnels ranked at the full dim: leave dim at 0")
             curve = yield from self._curve(c, int(k))
-            chosen = curve.pick(float(target_recall))
+            if ann and not curve.index_dim:
+                raise FailedPrecondition(
+                    f"collection {name!r} has no ANN index ready on every shard to plan with: "
+                    "wait for DescribeCollection to show it ready, or search without ann")
+            chosen = curve.pick(float(target_recall), ann_only=bool(ann))
             funnel = [list(s) for s in chosen.stages]
-        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits)
+            ann = bool(chosen.ann)
+            ef, candidates = chosen.ann or (None, None)
+        if ann and c.config.index is None:  # maybe created through another gateway
+            yield from self._refresh_config(c)
+        plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits,
+                               ann, ef, candidates)
         if _record and queries.shape[1] == c.config.dim:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
             rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
@@ -321,7 +362,8 @@ class Coordinator:
         res = merge_shard_results(c.config.metric, queries, plan, live)
         return ClusterSearchResult(res.ids, res.scores, missing,
                                    [list(s) for s in plan.stages] if chosen else [],
-                                   chosen.recall if chosen else None)
+                                   chosen.recall if chosen else None,
+                                   (plan.ef, plan.ann_candidates) if chosen and chosen.ann else ())
 
     @_both
     def calibrate(self, name: str, k: int = 10, queries=None) -> Plan:
@@ -345,20 +387,26 @@ class Coordinator:
                 cached = (planner.Curve.from_dict(stored), 0.0)
         if cached is not None and time.monotonic() - cached[1] < 10:
             return cached[0]
-        live = yield from self._live_count(c)
-        if cached is not None and not cached[0].stale(live):
+        live, index_dim = yield from self._live_count(c, with_index=True)
+        if cached is not None and not cached[0].stale(live) and cached[0].index_dim == index_dim:
             self._curves[key] = (cached[0], time.monotonic())
             return cached[0]
         curve = yield from self._calibrate(c, k, None)
         return curve
 
-    def _live_count(self, c: _Collection):
+    def _live_count(self, c: _Collection, with_index: bool = False):
+        """Sub-plan: live vectors (and, `with_index`, the dim of an ANN graph serving on
+        every shard, 0 if some shard has none)."""
         stats = yield Fanout([(h.stats, ()) for h in c.shards])
-        return int(sum(s["vectors"] for s in stats))
+        live = int(sum(s["vectors"] for s in stats))
+        if not with_index:
+            return live
+        ready = all(s.get("index_state") in ("ready", "stale") for s in stats)
+        return live, int(stats[0].get("index_dim", 0)) if ready else 0
 
     def _calibrate(self, c: _Collection, k: int, queries):
         cfg, name = c.config, c.config.name
-        live = yield from self._live_count(c)
+        live, index_dim = yield from self._live_count(c, with_index=True)
         if live <= k:
             raise InvalidArgument(f"collection {name!r} has {live} vectors: too few to calibrate at k={k}")
         own = None
@@ -387,7 +435,15 @@ class Coordinator:
             schedules.append(planner.Schedule(stages, rec, planner.cost(stages, cfg.dim, live, cfg.shards,
                                                                    cfg.first_stage),
                                               low))
-        curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules))
+        if index_dim:  # ANN schedules: graph walk + exact re-rank at the full dim
+            m = cfg.index.m if cfg.index is not None else 16
+            for ef, cand in planner.ann_schedules(k, live, self.limits.max_candidates):
+                res = yield from Coordinator.search.__wrapped__(
+                    self, name, sample, k + extra, ann=True, ef=ef, candidates=cand, _record=False)
+                rec, low = planner.recall(planner.drop_self(res.ids, own, k), truth)
+                schedules.append(planner.Schedule((), rec, planner.ann_cost(
+                    ef, cand, index_dim, m, cfg.dim, cfg.shards), low, (ef, cand)))
+        curve = planner.Curve(k, cfg.dim, live, source, tuple(schedules), index_dim)
         self._curves[(name, k)] = (curve, time.monotonic())
         yield Fanout([(self._catalog.set_calibration, (name, k, curve.to_dict()))])
         return curve
@@ -409,6 +465,12 @@ class Coordinator:
         if all(h is not None for h in handles):  # look a missing shard up again next time
             self._cache[name] = c
         return c
+
+    def _refresh_config(self, c: _Collection):
+        """Sub-plan: re-read the collection's config (its index spec can change) from the catalog."""
+        (cfg,) = yield Fanout([(self._catalog.get, (c.config.name,))])
+        if cfg is not None and cfg.get("uid") == c.config.uid:
+            c.config = CollectionConfig.from_dict(cfg)
 
     def _spawn_shards(self, cfg: CollectionConfig, reuse: bool) -> list:
         """Start the shard actors (`reuse`: attach to any already running under the name)."""
@@ -452,9 +514,12 @@ class Coordinator:
 def merge_shard_results(metric: str, queries: np.ndarray, plan: SearchPlan,
                         parts: list[tuple[np.ndarray, np.ndarray]]) -> SearchResult:
     """Merge per-shard (ids, keys) into the global answer (the funnel runs here on candidates)."""
-    ids = np.concatenate([p[0] for p in parts], axis=1)
-    keys = np.concatenate([p[1] for p in parts], axis=1)
-    if plan.stages:
+    if len(parts) == 1:
+        ids, keys = parts[0]
+    else:
+        ids = np.concatenate([p[0] for p in parts], axis=1)
+        keys = np.concatenate([p[1] for p in parts], axis=1)
+    if plan.stages:  # (ANN plans too: their candidates carry a key per stage)
         ids, keys = run_funnel(ids, keys, plan.keeps, plan.k)
     else:
         ids, keys = merge_topk(ids, keys, plan.k)

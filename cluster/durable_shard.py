@@ -3,7 +3,8 @@
 Folder of one shard:
 
     wal-<seq>.log       writes since snapshot <seq> (seq 0: since the start)
-    snapshot-<seq>/     ids.npy, vectors.npy (live rows only), meta.json
+    snapshot-<seq>/     ids.npy, vectors.npy (live rows only), meta.json, and the
+                        ANN graph if the collection has one (ann_shard.py)
     snapshot-<seq>.tmp/ a snapshot being written (ignored and removed on recovery)
 
 A write is appended to the log (and fsync'd, under the default policy) before
@@ -37,14 +38,16 @@ _WAL = re.compile(r"^wal-(\d{8})\.log$")
 
 class DurableShard:
     def __init__(self, config: CollectionConfig, directory: str, fsync: str = "always",
-                 fsync_interval: float = 0.05, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES):
+                 fsync_interval: float = 0.05, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+                 ann=None):
         self.config = config
+        self.ann = ann  # a ShardAnn: follows every write, saved with every snapshot
         self.dir = directory
         self.fsync, self.fsync_interval = fsync, fsync_interval
         self.snapshot_bytes = snapshot_bytes
         os.makedirs(directory, exist_ok=True)
         t = time.perf_counter()
-        self.engine, self.seq, replayed = recover(config, directory)
+        self.engine, self.seq, replayed = recover(config, directory, ann)
         self.recovery_seconds = time.perf_counter() - t
         self.wal = WalWriter(self._wal_path(self.seq), fsync, fsync_interval)
         log.info("shard %s recovered %d vectors (snapshot %d + %d log records) in %.2fs",
@@ -53,12 +56,16 @@ class DurableShard:
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
         self.wal.append(OP_UPSERT, ids, vectors)
         n = self.engine.upsert(ids, vectors)
+        if self.ann is not None:  # before a snapshot, so the saved graph matches it
+            self.ann.upsert(ids, vectors)
         self._maybe_snapshot()
         return n
 
     def delete(self, ids: np.ndarray) -> int:
         self.wal.append(OP_DELETE, ids)
         n = self.engine.delete(ids)
+        if self.ann is not None:
+            self.ann.delete(ids, self.engine)
         self._maybe_snapshot()
         return n
 
@@ -70,7 +77,7 @@ class DurableShard:
         """Write the live state as snapshot seq+1, then start an empty log for it."""
         new = self.seq + 1
         final = os.path.join(self.dir, f"snapshot-{new:08d}")
-        write_snapshot(final, self.engine)
+        write_snapshot(final, self.engine, self.ann)
         old_wal = self.wal
         self.wal = WalWriter(self._wal_path(new), self.fsync, self.fsync_interval)
         fsync_dir(self.dir)
@@ -89,7 +96,7 @@ class DurableShard:
         return os.path.join(self.dir, f"wal-{seq:08d}.log")
 
 
-def write_snapshot(final: str, engine: ShardEngine) -> None:
+def write_snapshot(final: str, engine: ShardEngine, ann=None) -> None:
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -99,6 +106,8 @@ def write_snapshot(final: str, engine: ShardEngine) -> None:
             np.save(f, arr)
             f.flush()
             os.fsync(f.fileno())
+    if ann is not None:
+        ann.save(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"rows": int(ids.size), "dim": engine.dim}, f)
         f.flush()
@@ -108,8 +117,12 @@ def write_snapshot(final: str, engine: ShardEngine) -> None:
     fsync_dir(os.path.dirname(final))
 
 
-def recover(config: CollectionConfig, directory: str) -> tuple[ShardEngine, int, int]:
-    """(engine, snapshot seq, log records replayed) from the newest complete snapshot + its log."""
+def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEngine, int, int]:
+    """(engine, snapshot seq, log records replayed) from the newest complete snapshot + its log.
+
+    With `ann` (a ShardAnn), the snapshot's saved graph is loaded and the log
+    replayed into it too; `ann.load_problem` says why a graph could not be used.
+    """
     names = os.listdir(directory)
     for name in names:
         if name.endswith(".tmp"):  # a snapshot cut short by a crash
@@ -124,11 +137,15 @@ def recover(config: CollectionConfig, directory: str) -> tuple[ShardEngine, int,
         engine = ShardEngine(config, initial_capacity=max(1024, ids.size))
         if ids.size:
             engine.upsert(ids, vectors)
+        if ann is not None:
+            ann.load_problem = ann.load(snap, int(ids.size))
+    elif ann is not None:
+        ann.load_problem = "no snapshot yet"
     replayed = 0
     wal = os.path.join(directory, f"wal-{seq:08d}.log")
     if os.path.exists(wal):
         records, torn = read_log(wal)
-        _replay(engine, records)
+        _replay(engine, records, ann)
         replayed = len(records)
         if torn:
             log.warning("%s: dropped a torn last record (%d bytes) left by a crash", wal, torn)
@@ -141,7 +158,7 @@ def recover(config: CollectionConfig, directory: str) -> tuple[ShardEngine, int,
     return engine, seq, replayed
 
 
-def _replay(engine: ShardEngine, records: list) -> None:
+def _replay(engine: ShardEngine, records: list, ann=None) -> None:
     """Apply records in order, merging runs of the same op into one engine call.
 
     A merged run means the same as its records one by one: within an upsert
@@ -154,9 +171,14 @@ def _replay(engine: ShardEngine, records: list) -> None:
             j += 1
         ids = np.concatenate([r.ids for r in records[i:j]])
         if records[i].op == OP_UPSERT:
-            engine.upsert(ids, np.concatenate([r.vectors for r in records[i:j]]))
+            vectors = np.concatenate([r.vectors for r in records[i:j]])
+            engine.upsert(ids, vectors)
+            if ann is not None:
+                ann.upsert(ids, vectors)
         else:
             engine.delete(ids)
+            if ann is not None:
+                ann.delete(ids, engine)
         i = j
 
 

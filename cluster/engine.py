@@ -268,6 +268,23 @@ class ShardEngine:
     def lowp_nbytes(self) -> int:
         """Memory held by the low-precision first-stage copies."""
         return sum(lp.nbytes() for lp in self._lowp.values())
+    def rescore_ids(self, queries: np.ndarray, ids: np.ndarray, dims: list[int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact keys of candidate ids ([Q, M], e.g. from an ANN graph) at each of `dims`.
+
+        Returns ([Q, M] stored mask, [Q, M, len(dims)] keys); ids not stored get -inf.
+        """
+        pos, found = self._lookup(ids.ravel())
+        if not len(self):
+            return found.reshape(ids.shape), np.full(ids.shape + (len(dims),), -np.inf, np.float32)
+        found = found.reshape(ids.shape)
+        if found.all():  # the usual case: skip the masking
+            return found, self._rescore(queries, self._index_rows[pos].reshape(ids.shape), dims)
+        rows = self._index_rows[np.minimum(pos, len(self) - 1)]
+        rows = np.where(found.ravel(), rows, 0).reshape(ids.shape)
+        keys = self._rescore(queries, rows, dims)
+        keys[~found] = -np.inf
+        return found, keys
 
     # ----- internals ------------------------------------------------------------
     def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:

@@ -154,17 +154,33 @@ def _precision_name(value: int) -> str:
     return name
 
 
+def _index_spec(spec) -> dict | None:
+    """An IndexSpec message as the coordinator's dict (None if not set)."""
+    if spec is None:
+        return None
+    return {"type": spec.type or "hnsw", "dim": spec.dim, "m": spec.m,
+            "ef_construction": spec.ef_construction}
+
+
+_INDEX_FIELDS = ("index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds",
+                 "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason",
+                 "index_fallback_queries")
+
+
 def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> pb.CollectionInfo:
     info = pb.CollectionInfo(name=cfg.name, dim=cfg.dim, metric=wire.METRIC_TO_WIRE[cfg.metric],
                              nested_dims=list(cfg.nested_dims), shards=cfg.shards,
                              first_stage=wire.PRECISION_TO_WIRE[cfg.first_stage])
+    if cfg.index is not None:
+        info.index.CopyFrom(pb.IndexSpec(**cfg.index.to_dict()))
     for s in stats or ():
         if s.get("down"):
             info.shard_info.add(shard=s["shard"], down=True)
             continue
         info.shard_info.add(shard=s["shard"], vectors=s["vectors"], tombstones=s["tombstones"],
                             capacity=s["capacity"], actor_name=s["actor_name"],
-                            wal_bytes=s.get("wal_bytes", 0))
+                            wal_bytes=s.get("wal_bytes", 0),
+                            **{f: s[f] for f in _INDEX_FIELDS if f in s})
         info.vectors += s["vectors"]
     return info
 
@@ -184,8 +200,17 @@ class VectorSearchServicer:
         cfg = await self.coord.acreate_collection(
             request.name, request.dim, _metric_name(request.metric),
             list(request.nested_dims) or None, request.shards or None,
-            _precision_name(request.first_stage), timeout=context.time_remaining())
+            _precision_name(request.first_stage),
+            _index_spec(request.index) if request.HasField("index") else None,
+            timeout=context.time_remaining())
         return pb.CreateCollectionResponse(collection=_collection_info(cfg))
+
+    @_rpc
+    async def CreateIndex(self, request, context):
+        cfg, stats = await self.coord.acreate_index(
+            request.collection, _index_spec(request.index) if request.HasField("index") else {},
+            timeout=context.time_remaining())
+        return pb.CreateIndexResponse(collection=_collection_info(cfg, stats))
 
     @_rpc
     async def DescribeCollection(self, request, context):
@@ -255,7 +280,9 @@ class VectorSearchServicer:
         funnel = [(s.dim, s.candidates) for s in request.funnel]
         res = await self.batcher.search(request.collection, queries, request.k, request.dim,
                                         funnel, request.allow_partial, context.time_remaining(),
-                                        request.target_recall or None)
+                                        request.target_recall or None,
+                                        (request.ann, request.ef, request.candidates)
+                                        if request.ann or request.ef or request.candidates else ())
         resp = pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)
@@ -263,6 +290,8 @@ class VectorSearchServicer:
             for d, c in res.funnel_used:
                 resp.funnel_used.add(dim=d, candidates=c)
             resp.calibrated_recall = res.calibrated_recall
+            if res.ann_used:
+                resp.ann_ef, resp.ann_candidates = res.ann_used
         return resp
 
 

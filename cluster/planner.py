@@ -12,6 +12,11 @@ closer to their neighbours than real queries are and so overstate recall: on
 corpusA, 64 dims keep 100 measured 0.957 on stored vectors against 0.906 on the
 real query set. Schedules calibrated on stored vectors therefore must reach a
 stricter bar: a miss rate at most 1/STORED_MARGIN of the one asked for.
+
+With an ANN index ready on every shard, calibration also measures ANN
+schedules (graph walk with `ef` for `candidates` per shard, exact re-rank at
+the full dim), and the curve remembers the index dim it measured, so a curve
+made before the index was ready is remade once it is (docs/ann.md).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ MIN_OBSERVED = 200         # real query rows needed to calibrate on them
 # BLAS. Measured on corpusA, one survivor-dim costs about 4 scanned row-dims.
 RERANK_WEIGHT = 4.0
 DEFAULT_TARGET = 0.95      # funnel="auto"
+ANN_FACTORS = (3, 5, 10, 20, 30, 50)   # ANN candidates per shard = k x these (ef = candidates)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Schedule:
     recall: float                         # mean recall@k over the calibration sample
     cost: float                           # model: vector-dims touched per query
     recall_low: float = 1.0               # mean minus two standard errors: what pick() trusts
+    ann: tuple[int, int] = ()             # (ef, candidates) of an ANN search; () for a scan
 
 
 @dataclass(frozen=True)
@@ -46,33 +53,41 @@ class Curve:
     vectors: int                # live vectors when calibrated
     source: str                 # "queries" (real, observed) or "stored" (sampled vectors)
     schedules: tuple[Schedule, ...]
+    index_dim: int = 0          # dim of the ANN graph its ANN schedules used (0: none)
 
-    def pick(self, target: float) -> Schedule:
-        """The cheapest schedule whose calibrated recall meets `target` (flat if none does)."""
+    def pick(self, target: float, ann_only: bool = False) -> Schedule:
+        """The cheapest schedule whose calibrated recall meets `target` (flat if none does).
+
+        `ann_only`: among ANN schedules only (the widest one if none meets it)."""
         miss = 1.0 - target
         if self.source == "stored":
             miss /= STORED_MARGIN
         # The sample is finite: a schedule must meet the target at the low end of its
         # recall's confidence interval, not only on average.
-        ok = [s for s in self.schedules if 1.0 - s.recall_low <= miss + 1e-12]
-        return min(ok, key=lambda s: s.cost) if ok else self.flat
+        pool = [s for s in self.schedules if s.ann] if ann_only else list(self.schedules)
+        ok = [s for s in pool if 1.0 - s.recall_low <= miss + 1e-12]
+        if ok:
+            return min(ok, key=lambda s: s.cost)
+        return max(pool, key=lambda s: s.ann[1]) if ann_only and pool else self.flat
 
     @property
     def flat(self) -> Schedule:
-        return next(s for s in self.schedules if not s.stages)
+        return next(s for s in self.schedules if not s.stages and not s.ann)
 
     def stale(self, vectors: int) -> bool:
         return vectors > RECALIBRATE_GROWTH * self.vectors
 
     def to_dict(self) -> dict:
         return {"k": self.k, "dim": self.dim, "vectors": self.vectors, "source": self.source,
-                "schedules": [[list(map(list, s.stages)), s.recall, s.cost, s.recall_low]
+                "index_dim": self.index_dim,
+                "schedules": [[list(map(list, s.stages)), s.recall, s.cost, s.recall_low, list(s.ann)]
                               for s in self.schedules]}
 
     @staticmethod
     def from_dict(d: dict) -> "Curve":
         return Curve(d["k"], d["dim"], d["vectors"], d["source"], tuple(
-            Schedule(tuple(tuple(x) for x in st), r, c, lo) for st, r, c, lo in d["schedules"]))
+            Schedule(tuple(tuple(x) for x in st), r, c, lo, tuple(rest[0]) if rest else ())
+            for st, r, c, lo, *rest in d["schedules"]), int(d.get("index_dim", 0)))
 
 
 # Scan time of a low-precision first stage relative to float32 at the same dim, per
@@ -94,12 +109,29 @@ def candidate_schedules(nested_dims, dim: int, k: int, vectors: int, shards: int
     return out
 
 
+def ann_schedules(k: int, vectors: int, max_candidates: int) -> list[tuple[int, int]]:
+    """(ef, candidates) pairs an ANN calibration measures."""
+    out = []
+    for f in ANN_FACTORS:
+        c = k * f
+        if c <= max_candidates and c < vectors:
+            out.append((c, c))
+    return out
+
+
+def ann_cost(ef: int, candidates: int, index_dim: int, m: int, dim: int, shards: int) -> float:
+    """Relative cost of an ANN search, in the unit of cost(): each shard's walk
+    computes about ef x m distances at the index dim, then re-scores its
+    candidates at the full dim, all by random access (RERANK_WEIGHT)."""
+    return float(RERANK_WEIGHT * shards * (ef * m * index_dim + candidates * dim))
+
+
 def cost(stages, dim: int, vectors: int, shards: int, first_stage: str = "float32") -> float:
     """Relative cost per query: a full scan at stage 1's dim, then each shard
     re-scores its survivors at every later dim (survivors are per shard).
 
     A low-precision first stage (lowp.py) scans its copy for SCAN_FACTOR of the
-    float32 cost and re-ranks a few extra rows (engine.lowp_overfetch)."""
+    float32 cost and re-ranks a few extra rows (lowp.lowp_overfetch)."""
     if not stages:
         return float(vectors * dim)
     (d1, keep), rest = stages[0], stages[1:]

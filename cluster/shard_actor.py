@@ -5,6 +5,9 @@ any gateway or Ray job can find it, and runs its calls one at a time (Ray's
 default for a synchronous actor), so the engine needs no locks. With a data
 directory it is created with max_restarts, and Ray's restart re-runs
 __init__, which recovers the shard from disk before any call is served.
+
+With an ANN index the actor also owns a ShardAnn (ann_shard.py) beside the
+engine; its builds run in a background thread while calls keep being served.
 """
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ import time
 import numpy as np
 import ray
 
-from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster import ann_shard
+from nestvec.cluster.ann_shard import ShardAnn
+from nestvec.cluster.collection import CollectionConfig, IndexSpec, SearchPlan
 from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
-from nestvec.errors import DeadlineExceeded
+from nestvec.errors import DeadlineExceeded, FailedPrecondition
 
 
 def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
@@ -33,8 +38,16 @@ class ShardActor:
         _limit_threads(threads)
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
-        self.store = DurableShard(self.config, directory, fsync, fsync_interval) if directory else None
+        self.directory = directory
+        # An index added by CreateIndex after creation is recorded in the shard's folder
+        # (Ray restarts this actor with its creation arguments).
+        spec = ann_shard.read_spec(directory) or self.config.index
+        self.ann = ShardAnn(spec, self.config.metric, threads)
+        self.store = (DurableShard(self.config, directory, fsync, fsync_interval, ann=self.ann)
+                      if directory else None)
         self.engine = self.store.engine if self.store else ShardEngine(self.config)
+        if spec is not None and self.ann.graph is None:
+            self.ann.start_build(self.engine, f"start: {self.ann.load_problem or 'new shard'}")
         self.was_restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> bool:
@@ -54,11 +67,19 @@ class ShardActor:
     # expired or abandoned request stops costing work (and a late write is not applied).
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, deadline: float | None = None) -> int:
         _check_deadline(deadline)
-        return (self.store or self.engine).upsert(ids, vectors)
+        if self.store:
+            return self.store.upsert(ids, vectors)  # the store keeps the graph in step
+        n = self.engine.upsert(ids, vectors)
+        self.ann.upsert(ids, vectors)
+        return n
 
     def delete(self, ids: np.ndarray, deadline: float | None = None) -> int:
         _check_deadline(deadline)
-        return (self.store or self.engine).delete(ids)
+        if self.store:
+            return self.store.delete(ids)
+        n = self.engine.delete(ids)
+        self.ann.delete(ids, self.engine)
+        return n
 
     def get(self, ids: np.ndarray, dim: int, deadline: float | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +90,12 @@ class ShardActor:
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, keys), or funnel candidates with per-stage keys, for the merge."""
         _check_deadline(deadline)
+        if plan.ann_candidates:
+            if self.ann.spec is None:
+                raise FailedPrecondition(
+                    f"collection {self.config.name!r} has no ANN index: create one with "
+                    "CreateIndex (or create the collection with index=...), or search without ann")
+            return ann_shard.search_keys(self.engine, self.ann, queries, plan)
         if plan.stages:
             cand = self.engine.funnel_candidates(queries, plan)
             return cand.ids, cand.keys
@@ -80,6 +107,22 @@ class ShardActor:
         pick = np.random.default_rng(seed).choice(ids.size, min(n, ids.size), replace=False)
         found, vectors = self.engine.get(ids[pick])
         return ids[pick][found], vectors
+
+    def create_index(self, spec: dict) -> dict:
+        """Adopt an index spec and build its graph in the background; returns the index status."""
+        spec = IndexSpec.from_dict(spec)
+        ann_shard.write_spec(self.directory, spec)
+        self.ann.set_spec(spec, self.engine)
+        return self.ann.status()
+
+    def wait_index(self, timeout: float = 600.0) -> dict:
+        """Block until no graph build runs (tests, benchmarks); returns the index status.
+
+        Runs in the actor's call thread, so other calls wait meanwhile: operators and
+        clients poll DescribeCollection instead.
+        """
+        self.ann.wait(timeout)
+        return self.ann.status()
 
     def checkpoint(self) -> None:
         """Snapshot now (clean shutdown), so the next start replays no log."""
@@ -99,7 +142,7 @@ class ShardActor:
         out = {"shard": self.shard, "actor_name": shard_actor_name(self.config, self.shard),
                "vectors": s.vectors, "tombstones": s.tombstones,
                "capacity": s.capacity, "restarted": bool(self.was_restarted),
-               "restarts": self.restarts()}
+               "restarts": self.restarts(), **self.ann.status()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
                        recovery_seconds=self.store.recovery_seconds)

@@ -62,6 +62,7 @@ def _request(call: str, name: str):
         "Delete": pb.DeleteRequest(collection=name, ids=[999_999]),
         "Get": pb.GetRequest(collection=name, ids=[1]),
         "Search": pb.SearchRequest(collection=name, queries=vec, k=3),
+        "CreateIndex": pb.CreateIndexRequest(collection=name, index=pb.IndexSpec(dim=8)),
     }[call]
 
 

@@ -48,6 +48,10 @@ class DeadlineExceeded(NestvecError):
     code = "DEADLINE_EXCEEDED"
 
 
+class FailedPrecondition(NestvecError):
+    code = "FAILED_PRECONDITION"
+
+
 class Internal(NestvecError):
     code = "INTERNAL"
 
@@ -63,7 +67,7 @@ class PermissionDenied(NestvecError):
 BY_CODE: dict[str, type[NestvecError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, Unavailable,
-                DeadlineExceeded, Internal, Unauthenticated, PermissionDenied)
+                DeadlineExceeded, FailedPrecondition, Internal, Unauthenticated, PermissionDenied)
 }
 
 

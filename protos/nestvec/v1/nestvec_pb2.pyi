@@ -47,7 +47,7 @@ class Matrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "vectors", "shard_info", "first_stage")
+    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "vectors", "shard_info", "first_stage", "index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class CollectionInfo(_message.Message):
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     SHARD_INFO_FIELD_NUMBER: _ClassVar[int]
     FIRST_STAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
@@ -64,10 +65,11 @@ class CollectionInfo(_message.Message):
     vectors: int
     shard_info: _containers.RepeatedCompositeFieldContainer[ShardInfo]
     first_stage: Precision
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., first_stage: _Optional[_Union[Precision, str]] = ...) -> None: ...
+    index: IndexSpec
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., first_stage: _Optional[_Union[Precision, str]] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes")
+    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes", "index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds", "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason", "index_fallback_queries")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +77,17 @@ class ShardInfo(_message.Message):
     ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     DOWN_FIELD_NUMBER: _ClassVar[int]
     WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_STATE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DIM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BUILD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DELETED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BUILDS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_LOADED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_REASON_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FALLBACK_QUERIES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     vectors: int
     tombstones: int
@@ -82,23 +95,36 @@ class ShardInfo(_message.Message):
     actor_name: str
     down: bool
     wal_bytes: int
-    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ...) -> None: ...
+    index_state: str
+    index_progress: float
+    index_dim: int
+    index_bytes: int
+    index_build_seconds: float
+    index_vectors: int
+    index_deleted: int
+    index_builds: int
+    index_loaded: bool
+    index_reason: str
+    index_fallback_queries: int
+    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ..., index_state: _Optional[str] = ..., index_progress: _Optional[float] = ..., index_dim: _Optional[int] = ..., index_bytes: _Optional[int] = ..., index_build_seconds: _Optional[float] = ..., index_vectors: _Optional[int] = ..., index_deleted: _Optional[int] = ..., index_builds: _Optional[int] = ..., index_loaded: _Optional[bool] = ..., index_reason: _Optional[str] = ..., index_fallback_queries: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "first_stage")
+    __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "first_stage", "index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     NESTED_DIMS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     FIRST_STAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
     nested_dims: _containers.RepeatedScalarFieldContainer[int]
     shards: int
     first_stage: Precision
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., first_stage: _Optional[_Union[Precision, str]] = ...) -> None: ...
+    index: IndexSpec
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., first_stage: _Optional[_Union[Precision, str]] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -205,7 +231,7 @@ class FunnelStage(_message.Message):
     def __init__(self, dim: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "dim", "funnel", "allow_partial", "target_recall")
+    __slots__ = ("collection", "queries", "k", "dim", "funnel", "allow_partial", "target_recall", "ann", "ef", "candidates")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +239,9 @@ class SearchRequest(_message.Message):
     FUNNEL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    ANN_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
@@ -220,10 +249,13 @@ class SearchRequest(_message.Message):
     funnel: _containers.RepeatedCompositeFieldContainer[FunnelStage]
     allow_partial: bool
     target_recall: float
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., allow_partial: _Optional[bool] = ..., target_recall: _Optional[float] = ...) -> None: ...
+    ann: bool
+    ef: int
+    candidates: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., dim: _Optional[int] = ..., funnel: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., allow_partial: _Optional[bool] = ..., target_recall: _Optional[float] = ..., ann: _Optional[bool] = ..., ef: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("queries", "k", "ids", "scores", "missing_shards", "funnel_used", "calibrated_recall")
+    __slots__ = ("queries", "k", "ids", "scores", "missing_shards", "funnel_used", "calibrated_recall", "ann_ef", "ann_candidates")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +263,8 @@ class SearchResponse(_message.Message):
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     FUNNEL_USED_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    ANN_EF_FIELD_NUMBER: _ClassVar[int]
+    ANN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     queries: int
     k: int
     ids: bytes
@@ -238,4 +272,32 @@ class SearchResponse(_message.Message):
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     funnel_used: _containers.RepeatedCompositeFieldContainer[FunnelStage]
     calibrated_recall: float
-    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., missing_shards: _Optional[_Iterable[int]] = ..., funnel_used: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., calibrated_recall: _Optional[float] = ...) -> None: ...
+    ann_ef: int
+    ann_candidates: int
+    def __init__(self, queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., missing_shards: _Optional[_Iterable[int]] = ..., funnel_used: _Optional[_Iterable[_Union[FunnelStage, _Mapping]]] = ..., calibrated_recall: _Optional[float] = ..., ann_ef: _Optional[int] = ..., ann_candidates: _Optional[int] = ...) -> None: ...
+
+class IndexSpec(_message.Message):
+    __slots__ = ("type", "dim", "m", "ef_construction")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    dim: int
+    m: int
+    ef_construction: int
+    def __init__(self, type: _Optional[str] = ..., dim: _Optional[int] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ...) -> None: ...
+
+class CreateIndexRequest(_message.Message):
+    __slots__ = ("collection", "index")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    index: IndexSpec
+    def __init__(self, collection: _Optional[str] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ...) -> None: ...
+
+class CreateIndexResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionInfo
+    def __init__(self, collection: _Optional[_Union[CollectionInfo, _Mapping]] = ...) -> None: ...

@@ -79,6 +79,11 @@ class VectorSearchStub:
                 request_serializer=nestvec_dot_v1_dot_nestvec__pb2.SearchRequest.SerializeToString,
                 response_deserializer=nestvec_dot_v1_dot_nestvec__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.CreateIndex = channel.unary_unary(
+                '/nestvec.v1.VectorSearch/CreateIndex',
+                request_serializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.SerializeToString,
+                response_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.FromString,
+                _registered_method=True)
 
 
 class VectorSearchServicer:
@@ -138,6 +143,14 @@ class VectorSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateIndex(self, request, context):
+        """Add (or replace) a collection's ANN index; shards build it in the
+        background while exact search keeps serving. Progress: DescribeCollection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_VectorSearchServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=nestvec_dot_v1_dot_nestvec__pb2.SearchRequest.FromString,
                     response_serializer=nestvec_dot_v1_dot_nestvec__pb2.SearchResponse.SerializeToString,
+            ),
+            'CreateIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateIndex,
+                    request_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.FromString,
+                    response_serializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +448,33 @@ class VectorSearch:
             '/nestvec.v1.VectorSearch/Search',
             nestvec_dot_v1_dot_nestvec__pb2.SearchRequest.SerializeToString,
             nestvec_dot_v1_dot_nestvec__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nestvec.v1.VectorSearch/CreateIndex',
+            nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.SerializeToString,
+            nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,350 @@
+"""ANN at Matryoshka prefixes: nestvec (HNSW on a prefix + exact re-rank) vs hnswlib and FAISS HNSW.
+
+One run, same vectors, same thread count (default 2) for every method:
+
+- `hnswlib-384`: hnswlib HNSW (M=16, ef_construction=200) at the full dim, ef swept;
+- `faiss-hnsw-384`: FAISS IndexHNSWFlat (M=16, efConstruction=200) at the full dim, efSearch swept;
+- `nestvec-ann-P`: nestvec's shard ANN path at prefix P (32/64/128), in process:
+  ShardEngine + ShardAnn (hnswlib graph on the P-dim prefix, same M and
+  ef_construction) + ann_shard.search_keys (walk, then exact re-rank at the full
+  dim) + the coordinator's merge; candidates swept (ef = candidates);
+- `nestvec-e2e-P` (with --e2e): the same through the in-process Coordinator
+  (Ray shard actor, one shard with the same thread count), at the prefix --e2e-prefix.
+
+For each point: recall@10 against exact full-dim search and single-query QPS
+(batch 1: queries one after another, total time over the query set or
+the per-point budget). Per method: build time (wall, --threads threads) and graph memory
+(hnswlib's index_file_size / FAISS's serialized size: links plus the vectors
+the graph stores; nestvec's graph stores only the P-dim prefix, and its full
+vectors live in the engine for the re-rank, reported separately).
+
+Datasets: corpusA (100k x 384), and a larger set made from it by the procedure
+in `make_scaled` (noise-perturbed copies: --scale N vectors; 1,000,000 is the
+issue's size, pass a smaller N on a small machine and say so).
+
+    .venv/bin/python bench/bench_ann.py                       # corpusA, + e2e (~8 min)
+    .venv/bin/python bench/bench_ann.py --scale 300000 --no-corpus --out bench_ann_300k
+    .venv/bin/python bench/bench_ann.py --quick               # 20k docs, smoke (~1 min)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _threads  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="embeddings.npz (default corpusA)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prefixes", default="32,64,128")
+    p.add_argument("-m", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--queries", type=int, default=1000, help="queries per point (default 1000)")
+    p.add_argument("--budget", type=float, default=3.0, help="max seconds timed per point")
+    p.add_argument("--scale", type=int, default=0, help="also run a noise-perturbed set of N vectors")
+    p.add_argument("--noise", type=float, default=0.5, help="perturbation size (see make_scaled)")
+    p.add_argument("--no-corpus", action="store_true", help="skip the plain corpusA run")
+    p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the path through the in-process Coordinator (Ray)")
+    p.add_argument("--e2e-prefix", type=int, default=128)
+    p.add_argument("--docs", type=int, default=None, help="use only the first N docs")
+    p.add_argument("--quick", action="store_true", help="20k docs, 200 queries, 1 s per point")
+    p.add_argument("--out", default=None, help="results name under bench/results/")
+    p.add_argument("--replot", nargs="+", default=None, metavar="NAME",
+                   help="only plot these results files (names under bench/results/) side by side "
+                        "into docs/img/<--out>.png")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.docs, a.queries, a.budget = a.docs or 20_000, min(a.queries, 200), min(a.budget, 1.0)
+    a.prefixes = [int(x) for x in a.prefixes.split(",") if x]
+    a.out = a.out or ("bench_ann_quick" if a.quick else "bench_ann")
+    return a
+
+
+ARGS = parse_args()
+_threads.pin_env(ARGS.threads)
+
+import faiss  # noqa: E402
+import hnswlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from _common import (DEFAULT_DATA, exact_cosine_topk, load_corpus, log, machine,  # noqa: E402
+                     markdown_table, recall, write_results)
+
+from nestvec.cluster.ann_shard import ShardAnn, search_keys  # noqa: E402
+from nestvec.cluster.collection import CollectionConfig, plan_search  # noqa: E402
+from nestvec.cluster.coordinator import merge_shard_results  # noqa: E402
+from nestvec.cluster.engine import ShardEngine  # noqa: E402
+
+EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+CAND_SWEEP = (20, 30, 50, 75, 100, 150, 200, 300, 400, 600)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_scaled(docs: np.ndarray, n: int, noise: float, seed: int = 0) -> np.ndarray:
+    """n vectors from `docs`: copy c of row i is row i plus Gaussian noise scaled per
+    dimension by that dimension's standard deviation over the docs (so the leading,
+    high-variance dims stay the informative ones: the Matryoshka shape survives),
+    times `noise`, then re-normalised. Copy 0 is the docs themselves."""
+    rng = np.random.default_rng(seed)
+    std = docs.std(axis=0).astype(np.float32)
+    out = np.empty((n, docs.shape[1]), dtype=np.float32)
+    for s in range(0, n, docs.shape[0]):
+        m = min(docs.shape[0], n - s)
+        block = docs[:m].copy()
+        if s:
+            block += noise * std * rng.standard_normal(block.shape, dtype=np.float32)
+        out[s: s + m] = unit(block)
+    return out
+
+
+def timed_single(fn, queries: np.ndarray, budget: float) -> float:
+    """Single-query QPS: queries one at a time until the set or the budget runs out."""
+    fn(queries[:1])
+    n, t0 = 0, time.perf_counter()
+    while n < queries.shape[0]:
+        fn(queries[n: n + 1])
+        n += 1
+        if time.perf_counter() - t0 > budget and n >= 50:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def sweep(name: str, setter_search, values, queries, truth, budget) -> list[dict]:
+    pts = []
+    for v in values:
+        search = setter_search(v)
+        found = search(queries)
+        rec = recall(found, truth, 10)
+        qps = timed_single(search, queries, budget)
+        pts.append({"param": v, "recall": round(rec, 4), "qps": round(qps, 1)})
+        log(f"  {name:<16} {v:>5}  recall@10 {rec:.3f}  {qps:8.0f} q/s")
+    return pts
+
+
+def bench_hnswlib(x, queries, truth, a) -> dict:
+    d = x.shape[1]
+    g = hnswlib.Index("ip", d)
+    t0 = time.perf_counter()
+    g.init_index(x.shape[0], a.m, a.ef_construction, random_seed=100)
+    g.add_items(unit(x), np.arange(x.shape[0]), num_threads=a.threads)
+    build = time.perf_counter() - t0
+    log(f"hnswlib-{d}: built in {build:.1f}s, {g.index_file_size() / 2**20:.0f} MiB")
+    qn = unit(queries)
+
+    def setter(ef):
+        g.set_ef(max(ef, 10))
+        return lambda q: g.knn_query(unit(q), k=10, num_threads=a.threads)[0].astype(np.int64)
+    pts = sweep(f"hnswlib-{d}", setter, EF_SWEEP, qn, truth, a.budget)
+    return {"method": f"hnswlib-{d}", "build_s": round(build, 2), "graph_bytes": g.index_file_size(),
+            "param": "ef", "points": pts}
+
+
+def bench_faiss(x, queries, truth, a) -> dict:
+    d = x.shape[1]
+    idx = faiss.IndexHNSWFlat(d, a.m, faiss.METRIC_INNER_PRODUCT)
+    idx.hnsw.efConstruction = a.ef_construction
+    t0 = time.perf_counter()
+    idx.add(unit(x))
+    build = time.perf_counter() - t0
+    size = int(faiss.serialize_index(idx).size)
+    log(f"faiss-hnsw-{d}: built in {build:.1f}s, {size / 2**20:.0f} MiB")
+
+    def setter(ef):
+        idx.hnsw.efSearch = max(ef, 10)
+        return lambda q: idx.search(unit(q), 10)[1]
+    pts = sweep(f"faiss-hnsw-{d}", setter, EF_SWEEP, queries, truth, a.budget)
+    return {"method": f"faiss-hnsw-{d}", "build_s": round(build, 2), "graph_bytes": size,
+            "param": "efSearch", "points": pts}
+
+
+def bench_nestvec(x, queries, truth, prefix: int, a, engine=None) -> tuple[dict, ShardEngine]:
+    cfg = CollectionConfig.create("bench", x.shape[1], "cosine",
+                                  index={"dim": prefix, "m": a.m, "ef_construction": a.ef_construction})
+    if engine is None:
+        engine = ShardEngine(cfg, initial_capacity=x.shape[0])
+        engine.upsert(np.arange(x.shape[0], dtype=np.uint64), x)
+    ann = ShardAnn(cfg.index, "cosine", threads=a.threads)
+    t0 = time.perf_counter()
+    ann.start_build(engine, "bench")
+    last = -1.0
+    while not ann.wait(5.0):
+        prog = ann.status()["index_progress"]
+        if prog - last >= 0.2:
+            log(f"  nestvec-ann-{prefix}: building {prog:.0%}")
+            last = prog
+    build = time.perf_counter() - t0
+    mem = ann.graph.memory_bytes()
+    log(f"nestvec-ann-{prefix}: built in {build:.1f}s (graph {mem / 2**20:.0f} MiB)")
+
+    def setter(cand):
+        plan = plan_search(cfg, x.shape[1], 10, ann=True, candidates=max(cand, 10), ef=max(cand, 10))
+
+        def search(q):
+            ids, keys = search_keys(engine, ann, q, plan)
+            return merge_shard_results("cosine", q, plan, [(ids, keys)]).ids.astype(np.int64)
+        return search
+    pts = sweep(f"nestvec-ann-{prefix}", setter, CAND_SWEEP, queries, truth, a.budget)
+    return ({"method": f"nestvec-ann-{prefix}", "build_s": round(build, 2), "graph_bytes": mem,
+             "engine_vector_bytes": int(x.nbytes), "param": "candidates (= ef)", "points": pts},
+            engine)
+
+
+def bench_e2e(x, queries, truth, a) -> dict:
+    """The same ANN searches through the in-process Coordinator and a Ray shard actor."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster.server import start_ray
+    ns = f"bench-ann-{uuid.uuid4().hex[:6]}"
+    start_ray(namespace=ns, num_cpus=2)
+    try:
+        coord = Coordinator(namespace=ns, create_catalog=True, shard_threads=a.threads)
+        name, p = "bench-ann", a.e2e_prefix
+        coord.create_collection(name, x.shape[1], "cosine", shards=1)
+        for s in range(0, x.shape[0], 20_000):
+            coord.upsert(name, np.arange(s, min(s + 20_000, x.shape[0])), x[s: s + 20_000])
+        t0 = time.perf_counter()  # CreateIndex on the loaded collection: a background build
+        coord.create_index(name, {"dim": p, "m": a.m, "ef_construction": a.ef_construction})
+        stats = coord.wait_index(name, 3600)
+        log(f"nestvec-e2e-{p}: index ready {time.perf_counter() - t0:.1f}s after CreateIndex "
+            f"(build {stats[0]['index_build_seconds']:.1f}s in the shard)")
+
+        def setter(cand):
+            return lambda q: coord.search(name, q, 10, ann=True, ef=cand, candidates=cand).ids.astype(np.int64)
+        pts = sweep(f"nestvec-e2e-{p}", setter, CAND_SWEEP, queries, truth, a.budget)
+        coord.drop_collection(name)
+        return {"method": f"nestvec-e2e-{p}", "build_s": round(stats[0]["index_build_seconds"], 2),
+                "graph_bytes": stats[0]["index_bytes"], "param": "candidates (= ef)", "points": pts}
+    finally:
+        ray.shutdown()
+
+
+def best_at(points: list[dict], target: float = 0.95) -> dict | None:
+    ok = [p for p in points if p["recall"] >= target]
+    return max(ok, key=lambda p: p["qps"]) if ok else None
+
+
+def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a) -> dict:
+    log(f"=== {label}: {x.shape[0]} x {x.shape[1]}, {queries.shape[0]} queries, {a.threads} threads ===")
+    methods = [bench_hnswlib(x, queries, truth, a), bench_faiss(x, queries, truth, a)]
+    engine = None
+    for p in a.prefixes:
+        res, engine = bench_nestvec(x, queries, truth, p, a, engine)
+        methods.append(res)
+    del engine
+    if a.e2e:
+        methods.append(bench_e2e(x, queries, truth, a))
+    base = methods[0]
+    base_best = best_at(base["points"])
+    rows = []
+    for mth in methods:
+        b = best_at(mth["points"])
+        mth["best_at_0.95"] = b
+        ratio = (b["qps"] / base_best["qps"]) if b and base_best else None
+        mth["qps_ratio_vs_hnswlib_full"] = round(ratio, 2) if ratio else None
+        mth["build_ratio"] = round(mth["build_s"] / base["build_s"], 2)
+        mth["memory_ratio"] = round(mth["graph_bytes"] / base["graph_bytes"], 2)
+        rows.append([mth["method"], f"{mth['build_s']:.1f}", f"{mth['build_ratio']:.2f}x",
+                     f"{mth['graph_bytes'] / 2**20:.0f}", f"{mth['memory_ratio']:.2f}x",
+                     f"{b['param']} → {b['recall']:.3f}" if b else "never ≥ 0.95",
+                     f"{b['qps']:.0f}" if b else "-", f"{ratio:.2f}x" if ratio else "-"])
+    table = markdown_table(["method", "build s", "build vs hnswlib", "graph MiB", "memory vs hnswlib",
+                            "cheapest setting at recall@10 ≥ 0.95", "QPS (batch 1)", "QPS vs hnswlib"],
+                           rows)
+    log(table)
+    return {"label": label, "vectors": int(x.shape[0]), "dim": int(x.shape[1]), "threads": a.threads,
+            "queries": int(queries.shape[0]), "methods": methods, "table": table}
+
+
+def plot(sets: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
+    style = {"hnswlib": ("tab:orange", "s--"), "faiss": ("tab:red", "^--"),
+             "nestvec-ann-32": ("tab:cyan", "o-"), "nestvec-ann-64": ("tab:blue", "o-"),
+             "nestvec-ann-128": ("tab:green", "o-"), "nestvec-ann": ("tab:purple", "o-"),
+             "nestvec-e2e": ("black", "D:")}
+    for ax, s in zip(axes[0], sets):
+        for mth in s["methods"]:
+            kind = next(k for k in style if mth["method"].startswith(k))
+            color, fmt = style[kind]
+            pts = sorted(mth["points"], key=lambda p: p["recall"])
+            ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], fmt, color=color,
+                    label=f"{mth['method']} (build {mth['build_s']:.0f}s)", lw=1.6, ms=4)
+        ax.axvline(0.95, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlim(left=max(0.5, min(p["recall"] for m in s["methods"] for p in m["points"]) - 0.02),
+                    right=1.001)
+        ax.set_xlabel("recall@10 vs exact full-dim search")
+        ax.set_ylabel("queries/s, batch 1 (log)")
+        ax.set_title(f"{s['label']}: {s['vectors']:,} x {s['dim']}, {s.get('threads', ARGS.threads)} threads",
+                     fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7.5, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot: {path}")
+
+
+def main(a=ARGS) -> None:
+    img = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "img",
+                       f"{a.out}.png")
+    if a.replot:
+        import json
+
+        from _common import RESULTS
+        plot([s for name in a.replot for s in json.loads((RESULTS / f"{name}.json").read_text())["sets"]],
+             img)
+        return
+    _threads.pin_loaded(a.threads)
+    faiss.cvar.distance_compute_blas_threshold = 20
+    c = load_corpus(a.data or DEFAULT_DATA, docs=a.docs, queries=a.queries)
+    sets = []
+    if not a.no_corpus:
+        sets.append(run_set("corpusA" if a.docs is None else f"corpusA[:{a.docs}]",
+                            c.docs, c.queries, c.gt_ids, a))
+    if a.scale:
+        log(f"making the scaled set: {a.scale} vectors (noise {a.noise})")
+        x = make_scaled(c.docs, a.scale, a.noise)
+        t0 = time.perf_counter()
+        truth = exact_topk_chunked(x, c.queries, 10)
+        log(f"exact ground truth in {time.perf_counter() - t0:.0f}s")
+        sets.append(run_set(f"corpusA x{a.scale / c.docs.shape[0]:g} perturbed", x, c.queries, truth, a))
+        del x
+    plot(sets, img)
+    path = write_results(a.out, {"config": {k: v for k, v in vars(a).items()}, "machine": machine(),
+                                 "sets": sets, "plot": os.path.relpath(img)})
+    log(f"results: {path}")
+
+
+def exact_topk_chunked(x: np.ndarray, queries: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
+    """Exact cosine top-k rows over a large unit-norm set, scanning it in chunks."""
+    q = unit(queries)
+    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    best_i = np.zeros((q.shape[0], k), dtype=np.int64)
+    for s in range(0, x.shape[0], chunk):
+        sc = q @ x[s: s + chunk].T
+        part = np.argpartition(-sc, k, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], axis=1)
+        cand_i = np.concatenate([best_i, part + s], axis=1)
+        order = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, order, 1)
+        best_i = np.take_along_axis(cand_i, order, 1)
+    return best_i
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""ShardAnn: one shard's ANN graph over time: builds in the background, follows writes, persists.
+
+Owned by the shard actor beside its ShardEngine (the engine knows nothing of
+it). Everything here except the build thread runs in the actor's one call
+thread, so only the hand-over between the two needs the lock:
+
+- A build snapshots the live (id, prefix) rows in the call thread, then adds
+  them to a fresh graph in a background thread (hnswlib releases the GIL, so
+  the actor keeps serving exact and graph searches meanwhile).
+- Writes that arrive during a build go to the graph that serves (if any) and
+  to a pending list; the build thread replays that list into the new graph and
+  swaps it in under the lock once nothing is pending, so no write is lost.
+- Deletes mark the id deleted in the graph (never returned again); once
+  REBUILD_DEAD_FRACTION of the graph is dead a rebuild starts, and the old graph
+  keeps serving (its deleted ids still filtered) until the new one is in.
+- A graph that serves is saved into each shard snapshot (durable_shard.py) and
+  loaded on recovery; the log after the snapshot is replayed into it. A missing,
+  unreadable or mismatched saved graph is rebuilt in the background.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nestvec.cluster.ann_index import AnnIndex, GraphParams
+from nestvec.cluster.collection import IndexSpec
+from nestvec.cluster.datadir import write_json_atomic
+
+log = logging.getLogger("nestvec.ann")
+
+REBUILD_DEAD_FRACTION = 0.3   # rebuild once this share of the graph's labels are deleted
+_CHUNK = 4096                 # rows added per step of a build (progress granularity)
+GRAPH_FILE, META_FILE, DEAD_FILE = "ann-graph.bin", "ann-meta.json", "ann-deleted.npy"
+SPEC_FILE = "index.json"      # in the shard folder: an index made by CreateIndex after creation
+
+
+@dataclass
+class _Build:
+    reason: str
+    total: int
+    added: int = 0
+    pending: list = field(default_factory=list)  # ("u", ids, prefixes) / ("d", ids), in order
+    started: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+
+class ShardAnn:
+    def __init__(self, spec: IndexSpec | None, metric: str, threads: int = 1):
+        self.spec = spec
+        self.metric = metric
+        self.threads = threads
+        self.graph: AnnIndex | None = None    # the graph that serves searches
+        self._build: _Build | None = None
+        self._lock = threading.Lock()
+        self.builds = 0                       # builds finished by this process (recovery: 0)
+        self.loaded = False                   # the serving graph came from a snapshot
+        self.build_seconds = 0.0              # the last finished build's wall time
+        self.error = ""
+        self.fallback_queries = 0             # ANN queries answered by the exact scan
+        self.load_problem = ""                # why recovery could not use a saved graph
+
+    # ----- configuration ----------------------------------------------------------
+    def params(self) -> GraphParams:
+        s = self.spec
+        return GraphParams(s.dim, s.m, s.ef_construction, self.metric)
+
+    def set_spec(self, spec: IndexSpec, engine) -> bool:
+        """Adopt a (new) index spec; returns True if a build started."""
+        if self.spec == spec and (self.graph is not None or self._build is not None):
+            return False
+        with self._lock:
+            if self._build is not None:
+                self._build.cancelled = True
+                self._build = None
+            if self.spec != spec:
+                self.graph = None  # a graph of other params cannot answer for this spec
+            self.spec = spec
+        self.start_build(engine, "create_index")
+        return True
+
+    # ----- builds -----------------------------------------------------------------
+    def start_build(self, engine, reason: str) -> None:
+        """Build a fresh graph of the engine's live rows in a background thread."""
+        if self.spec is None:
+            return
+        with self._lock:
+            if self._build is not None:
+                return
+            ids, vectors = engine.live_arrays()  # copies: the engine may change meanwhile
+            build = _Build(reason, int(ids.size))
+            self._build = build
+        prefixes = np.ascontiguousarray(vectors[:, : self.spec.dim])
+        del vectors
+        threading.Thread(target=self._run_build, args=(build, ids, prefixes), daemon=True,
+                         name="nestvec-ann-build").start()
+
+    def _run_build(self, build: _Build, ids: np.ndarray, prefixes: np.ndarray) -> None:
+        try:
+            graph = AnnIndex(self.params(), capacity=int(ids.size * 1.1) + 1, threads=self.threads)
+            for s in range(0, ids.size, _CHUNK):
+                if build.cancelled:
+                    return
+                graph.add(ids[s: s + _CHUNK], prefixes[s: s + _CHUNK])
+                build.added = min(ids.size, s + _CHUNK)
+            while True:  # replay the writes that came in meanwhile, then swap under the lock
+                with self._lock:
+                    if build.cancelled:
+                        return
+                    todo, build.pending = build.pending, []
+                    if not todo:
+                        self.graph, self._build, self.loaded = graph, None, False
+                        self.builds += 1
+                        self.build_seconds = time.perf_counter() - build.started
+                        self.error = ""
+                        break
+                for op, op_ids, op_vectors in todo:
+                    graph.add(op_ids, op_vectors) if op == "u" else graph.delete(op_ids)
+            log.info("ANN graph built: %d vectors at dim %d in %.1fs (%s)", graph.live,
+                     self.spec.dim, self.build_seconds, build.reason)
+        except Exception as err:  # reported in DescribeCollection; exact search still serves
+            log.exception("ANN build failed")
+            with self._lock:
+                if self._build is build:
+                    self._build, self.error = None, f"{type(err).__name__}: {err}"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no build runs (tests, benchmarks). True if none runs."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self._build is not None:
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._build is not None:
+                self._build.cancelled = True
+                self._build = None
+
+    # ----- writes (call thread) ---------------------------------------------------
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self.spec is None:
+            return
+        ids = np.asarray(ids, dtype=np.uint64)
+        uniq, first_in_rev = np.unique(ids[::-1], return_index=True)  # last occurrence wins
+        prefixes = np.ascontiguousarray(
+            np.asarray(vectors, dtype=np.float32)[ids.size - 1 - first_in_rev, : self.spec.dim])
+        with self._lock:
+            if self.graph is not None:
+                self.graph.add(uniq, prefixes)
+            if self._build is not None:
+                self._build.pending.append(("u", uniq, prefixes))
+
+    def delete(self, ids: np.ndarray, engine) -> None:
+        if self.spec is None:
+            return
+        ids = np.asarray(ids, dtype=np.uint64)
+        with self._lock:
+            if self.graph is not None:
+                self.graph.delete(ids)
+            if self._build is not None:
+                self._build.pending.append(("d", ids, None))
+            rebuild = (self.graph is not None and self._build is None
+                       and self.graph.dead_fraction() >= REBUILD_DEAD_FRACTION)
+        if rebuild:
+            self.start_build(engine, f"{self.graph.dead_fraction():.0%} of the graph deleted")
+
+    # ----- reads ------------------------------------------------------------------
+    def candidates(self, queries: np.ndarray, candidates: int, ef: int) -> np.ndarray | None:
+        """[Q, M] candidate ids from the graph, or None while no graph serves."""
+        graph = self.graph
+        if graph is None:
+            return None
+        return graph.search(queries, candidates, ef)
+
+    def status(self) -> dict:
+        """State for DescribeCollection: none / building / ready / stale (serving, rebuilding) / failed."""
+        b, g = self._build, self.graph
+        if self.spec is None:
+            return {"index_state": "none"}
+        if b is not None:
+            state = "stale" if g is not None else "building"
+        else:
+            state = "ready" if g is not None else ("failed" if self.error else "building")
+        return {"index_state": state,
+                "index_progress": (b.added / b.total if b.total else 1.0) if b else (1.0 if g else 0.0),
+                "index_reason": b.reason if b else self.error,
+                "index_dim": self.spec.dim, "index_m": self.spec.m,
+                "index_ef_construction": self.spec.ef_construction,
+                "index_bytes": g.memory_bytes() if g else 0,
+                "index_vectors": g.live if g else 0, "index_deleted": g.deleted if g else 0,
+                "index_build_seconds": self.build_seconds, "index_builds": self.builds,
+                "index_loaded": self.loaded, "index_fallback_queries": self.fallback_queries}
+
+    # ----- persistence ------------------------------------------------------------
+    def save(self, folder: str) -> None:
+        """Write the serving graph into a snapshot folder being written (call thread)."""
+        g = self.graph
+        if g is None or self.spec is None:
+            return
+        g.save(os.path.join(folder, GRAPH_FILE))
+        with open(os.path.join(folder, DEAD_FILE), "wb") as f:
+            np.save(f, g.deleted_ids())
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(folder, META_FILE), "w") as f:
+            json.dump({"spec": self.spec.to_dict(), "metric": self.metric, "live": g.live,
+                       "build_seconds": self.build_seconds}, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self, folder: str, live: int) -> str:
+        """Load the graph saved in a snapshot folder holding `live` rows; '' or why not."""
+        if self.spec is None:
+            return "no index"
+        meta_path = os.path.join(folder, META_FILE)
+        if not os.path.exists(meta_path):
+            return "no saved graph"
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if IndexSpec.from_dict(meta["spec"]) != self.spec or meta["metric"] != self.metric:
+                return "saved graph has other parameters"
+            graph = AnnIndex.load(os.path.join(folder, GRAPH_FILE), self.params(),
+                                  np.load(os.path.join(folder, DEAD_FILE)), self.threads)
+        except Exception as err:  # a damaged file costs a rebuild, never the shard
+            return f"saved graph unreadable ({type(err).__name__}: {err})"
+        if graph.live != live or meta["live"] != live:
+            return f"saved graph holds {graph.live} vectors, the snapshot {live}"
+        self.graph, self.loaded = graph, True
+        self.build_seconds = float(meta.get("build_seconds", 0.0))
+        return ""
+
+
+def read_spec(shard_dir: str | None) -> IndexSpec | None:
+    """The index spec a CreateIndex call left in the shard folder, if any."""
+    if not shard_dir:
+        return None
+    path = os.path.join(shard_dir, SPEC_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return IndexSpec.from_dict(json.load(f))
+
+
+def write_spec(shard_dir: str | None, spec: IndexSpec) -> None:
+    if shard_dir:
+        write_json_atomic(os.path.join(shard_dir, SPEC_FILE), spec.to_dict())
+
+
+def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's answer to an ANN plan, shaped like the scan paths' for the merge.
+
+    Candidates come from the graph and are re-scored exactly at every funnel
+    stage dim and at the final dim (engine.rescore_ids), so the merged result
+    carries exact scores. Each shard returns min(candidates, live) candidates
+    per query, all stored and distinct. A query the graph cannot fill with
+    stored ids (no graph yet: building) is answered by the exact scan instead.
+    Returns (ids [Q, M], keys [Q, M]) without stages, else keys [Q, M, stages+1].
+    """
+    later = [d for d, _ in plan.stages] + [plan.dim]
+    m = min(plan.ann_candidates, len(engine))
+    n_q = queries.shape[0]
+    ids = ann.candidates(queries, plan.ann_candidates, plan.ef)
+    if ids is None or ids.shape[1] < m:
+        short = np.arange(n_q)
+        ids = np.zeros((n_q, m), dtype=np.uint64)
+        keys = np.zeros((n_q, m, len(later)), dtype=np.float32)
+    else:
+        found, keys = engine.rescore_ids(queries, ids, later)
+        if found.all() and ids.shape[1] == m:  # the usual case: every candidate is stored
+            short = np.empty(0, dtype=np.intp)
+        else:  # stored candidates first (in graph order), then keep m of them
+            order = np.argsort(~found, axis=1, kind="stable")[:, :m]
+            ids = np.take_along_axis(ids, order, axis=1)
+            keys = np.take_along_axis(keys, order[..., None], axis=1)
+            short = np.flatnonzero(found.sum(axis=1) < m)
+    if short.size:
+        ann.fallback_queries += int(short.size)
+        exact_ids, _ = engine.top_keys(queries[short], m, plan.dim)
+        _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
+        ids[short], keys[short] = exact_ids, exact_keys
+    return (ids, keys) if plan.stages else (ids, keys[..., 0])

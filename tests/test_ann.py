@@ -1,0 +1,370 @@
+"""ANN search (issue 8): an HNSW graph on a prefix, exact re-rank, updates, persistence.
+
+The unit tests drive AnnIndex / ShardAnn / DurableShard on real files without
+Ray; the rest go through a real Ray cluster and the gRPC gateway. Every ANN
+answer is held to the oracle: its scores are the exact scores of its ids at
+the requested dim, no id twice, no deleted id; recall is measured against
+exact search (corpusA's own ground truth for the full set).
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+
+from nestvec.client import Client
+from nestvec.cluster import ann_shard
+from nestvec.cluster.ann_index import AnnIndex, GraphParams
+from nestvec.cluster.ann_shard import ShardAnn
+from nestvec.cluster.collection import CollectionConfig, plan_search
+from nestvec.cluster.coordinator import merge_shard_results
+from nestvec.cluster.durable_shard import DurableShard
+from nestvec.cluster.engine import ShardEngine
+from nestvec.errors import FailedPrecondition, InvalidArgument
+from tests.oracle import assert_matches_oracle
+
+SUBSET = 20_000
+SMALL = 10_000   # where the claim does not need more (keeps CI time down)
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float((found[:, :, None] == truth[:, None, :]).any(axis=2).mean())
+
+
+def _check_exact_scores(res_ids, res_scores, ids, docs, queries, dim, metric="cosine"):
+    """Each returned id is stored, at most once per row, scored exactly at `dim`, best first."""
+    pos = np.searchsorted(ids, res_ids)
+    assert (ids[np.minimum(pos, ids.size - 1)] == res_ids).all(), "an id that is not stored"
+    assert all(len(set(r)) == len(r) for r in res_ids.tolist()), "an id twice in one result"
+    x = docs[pos][..., :dim].astype(np.float64)            # [Q, k, dim]
+    q = queries[:, None, :dim].astype(np.float64)           # [Q, 1, dim]
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=2, keepdims=True)
+        q = q / np.linalg.norm(q, axis=2, keepdims=True)
+    want = ((x - q) ** 2).sum(2) if metric == "l2" else (x * q).sum(2)
+    np.testing.assert_allclose(res_scores, want, atol=1e-4)
+    step = np.diff(res_scores, axis=1)
+    assert (step <= 1e-6).all() if metric != "l2" else (step >= -1e-6).all(), "not sorted best first"
+
+
+def _wait_ready(client: Client, name: str, timeout: float = 300) -> list:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = client.describe_collection(name)
+        if all(s.index_state == "ready" for s in info.shard_info):
+            return info.shard_info
+        assert not any(s.index_state == "failed" for s in info.shard_info), info.shard_info
+        time.sleep(0.2)
+    raise AssertionError(f"index not ready after {timeout}s: {client.describe_collection(name)}")
+
+
+# ----- the graph and its shard owner, no Ray ------------------------------------------
+def test_graph_labels_are_ids_and_deleted_ids_never_come_back(corpus):
+    x = corpus["docs"][:3000]
+    ids = np.arange(3000, dtype=np.uint64) * 1_000_003 + 2**40  # large, sparse ids as labels
+    g = AnnIndex(GraphParams(64, 16, 100, "cosine"), capacity=100)  # grows past its capacity
+    g.add(ids, x)
+    gone = ids[::3]
+    assert g.delete(gone) == gone.size and g.delete(gone) == 0  # twice: nothing more to mark
+    found = g.search(x[:200], 50, 100)
+    assert found.shape == (200, 50) and not np.isin(found, gone).any()
+    assert np.isin(found, ids).all()
+    g.add(gone[:10], x[::3][:10])  # an upsert of a deleted id brings it back
+    assert g.deleted == gone.size - 10 and g.live == 3000 - gone.size + 10
+    assert (g.search(x[::3][:10], 1, 50)[:, 0] == gone[:10]).all()
+
+
+def test_writes_during_a_build_reach_the_new_graph(corpus):
+    cfg = CollectionConfig.create("w", 384, "cosine", index={"dim": 64})
+    eng = ShardEngine(cfg)
+    docs = corpus["docs"]
+    ids = np.arange(SUBSET, dtype=np.uint64)
+    eng.upsert(ids, docs[:SUBSET])
+    ann = ShardAnn(cfg.index, "cosine")
+    ann.start_build(eng, "test")
+    assert ann.status()["index_state"] == "building"
+    # Writes arrive while the build thread runs: they must all be in the graph it swaps in.
+    new = np.arange(SUBSET, SUBSET + 500, dtype=np.uint64)
+    for op in range(5):
+        part = slice(op * 100, (op + 1) * 100)
+        eng.upsert(new[part], docs[SUBSET:][part]); ann.upsert(new[part], docs[SUBSET:][part])
+        dead = ids[op * 300: op * 300 + 300]
+        eng.delete(dead); ann.delete(dead, eng)
+    assert ann.wait(300)
+    st = ann.status()
+    assert st["index_state"] == "ready" and st["index_builds"] == 1, st
+    assert ann.graph.live == len(eng) == SUBSET - 1500 + 500
+    plan = plan_search(cfg, 384, 10, ann=True)
+    got_ids, got_keys = ann_shard.search_keys(eng, ann, docs[SUBSET:SUBSET + 500], plan)
+    assert (got_ids[:, 0] == new).mean() > 0.97  # each new vector finds itself first
+    assert not np.isin(got_ids, ids[:1500]).any()
+
+
+def test_dead_fraction_rebuild_keeps_answers_correct(corpus):
+    cfg = CollectionConfig.create("d", 384, "cosine", index={"dim": 64})
+    eng, docs, queries = ShardEngine(cfg), corpus["docs"][:SUBSET], corpus["queries"][:50]
+    ids = np.arange(SUBSET, dtype=np.uint64)
+    eng.upsert(ids, docs)
+    ann = ShardAnn(cfg.index, "cosine")
+    ann.start_build(eng, "test")
+    assert ann.wait(300)
+    plan = plan_search(cfg, 384, 10, ann=True)
+    rng = np.random.default_rng(3)
+    dead = rng.permutation(ids)[: int(0.4 * SUBSET)]
+    seen_stale = False
+    for part in np.array_split(dead, 8):
+        eng.delete(part)
+        ann.delete(part, eng)
+        seen_stale |= ann.status()["index_state"] == "stale"
+        got, keys = ann_shard.search_keys(eng, ann, queries, plan)
+        res = merge_shard_results("cosine", queries, plan, [(got, keys)])
+        assert np.isin(res.ids, eng.ids()).all(), "a deleted id was returned"
+        live = eng.ids()
+        _check_exact_scores(res.ids, res.scores, live, docs[live.astype(np.int64)], queries, 384)
+    assert seen_stale, "30% dead should have started a rebuild while the old graph served"
+    assert ann.wait(300)
+    st = ann.status()
+    assert st["index_builds"] >= 2 and st["index_state"] == "ready", st
+    assert ann.graph.live == len(eng) and ann.graph.dead_fraction() < ann_shard.REBUILD_DEAD_FRACTION
+
+
+def test_snapshot_keeps_the_graph_and_recovery_does_not_rebuild(corpus, tmp_path):
+    cfg = CollectionConfig.create("p", 384, "cosine", index={"dim": 64})
+    docs, queries = corpus["docs"], corpus["queries"][:100]
+    folder = str(tmp_path / "shard")
+    ann = ShardAnn(cfg.index, "cosine")
+    store = DurableShard(cfg, folder, fsync="none", ann=ann)
+    store.upsert(np.arange(10_000, dtype=np.uint64), docs[:10_000])
+    ann.start_build(store.engine, "test")
+    assert ann.wait(300)
+    store.snapshot()
+    # after the snapshot: writes only in the log, replayed into the loaded graph
+    store.upsert(np.arange(10_000, 10_500, dtype=np.uint64), docs[10_000:10_500])
+    store.delete(np.arange(0, 200, dtype=np.uint64))
+    plan = plan_search(cfg, 384, 10, ann=True)
+    before = ann_shard.search_keys(store.engine, ann, queries, plan)
+    store.close(snapshot=False)
+
+    ann2 = ShardAnn(cfg.index, "cosine")
+    store2 = DurableShard(cfg, folder, fsync="none", ann=ann2)
+    st = ann2.status()
+    assert st["index_state"] == "ready" and st["index_loaded"] and st["index_builds"] == 0, st
+    assert ann2.graph.live == len(store2.engine) == 10_300
+    after = ann_shard.search_keys(store2.engine, ann2, queries, plan)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1], atol=1e-6)
+    store2.close(snapshot=False)
+
+    # A damaged saved graph costs a rebuild, never the shard.
+    snap = next(os.path.join(folder, d) for d in os.listdir(folder) if d.startswith("snapshot-"))
+    with open(os.path.join(snap, ann_shard.GRAPH_FILE), "r+b") as f:
+        f.truncate(1000)
+    ann3 = ShardAnn(cfg.index, "cosine")
+    store3 = DurableShard(cfg, folder, fsync="none", ann=ann3)
+    assert ann3.graph is None and "unreadable" in ann3.load_problem
+    assert len(store3.engine) == 10_300
+    store3.close(snapshot=False)
+
+
+# ----- through Ray and gRPC -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus_ann(gateway, coordinator, corpus):
+    """All of corpusA in a 2-shard collection with the default index (hnsw on 64 dims)."""
+    name = f"ann-corpusA-{uuid.uuid4().hex[:6]}"
+    with Client(gateway.address, timeout=300) as c:
+        info = c.create_collection(name, 384, "cosine", shards=2, index={"type": "hnsw", "dim": 64})
+        assert info.index == {"type": "hnsw", "dim": 64, "m": 16, "ef_construction": 200}
+        c.upsert(name, np.arange(len(corpus["docs"])), corpus["docs"])
+        shards = _wait_ready(c, name, 600)
+    yield name, shards
+    coordinator.drop_collection(name)
+
+
+def test_recall_at_defaults_on_corpusA(corpus_ann, client, corpus):
+    name, shards = corpus_ann
+    assert sum(s.index_vectors for s in shards) == len(corpus["docs"])
+    assert all(s.index_dim == 64 and s.index_bytes > 0 and s.index_build_seconds > 0 for s in shards)
+    queries = corpus["queries"]
+    res = client.search(name, queries, k=10, ann=True)
+    rec = _recall(res.ids.astype(np.int64), corpus["gt_ids"][:, :10])
+    assert rec >= 0.95, f"recall@10 {rec:.3f} at the default ef/candidates"
+    _check_exact_scores(res.ids, res.scores, np.arange(len(corpus["docs"]), dtype=np.uint64),
+                        corpus["docs"], queries, 384)
+
+
+def test_ann_rerank_is_exact_at_a_prefix_and_through_stages(corpus_ann, client, corpus):
+    name, _ = corpus_ann
+    docs, queries = corpus["docs"], corpus["queries"][:100]
+    all_ids = np.arange(len(docs), dtype=np.uint64)
+    res = client.search(name, queries, k=10, dim=192, ann=True, ef=200, candidates=100)
+    _check_exact_scores(res.ids, res.scores, all_ids, docs, queries, 192)
+    res = client.search(name, queries, k=10, funnel=[(128, 40)], ann=True)
+    _check_exact_scores(res.ids, res.scores, all_ids, docs, queries, 384)
+    # With as many candidates as vectors the walk finds everything: equal to exact search.
+    small = client.search(name, queries[:5], k=10, ann=True, ef=2000, candidates=2000)
+    exact = client.search(name, queries[:5], k=10)
+    assert _recall(small.ids, exact.ids) >= 0.98
+
+
+def test_target_recall_plans_ef_and_candidates_with_an_index(client, collection_name, coordinator,
+                                                             corpus):
+    docs, queries = corpus["docs"][:SUBSET], corpus["queries"]
+    client.create_collection(collection_name, 384, "cosine", nested_dims=[64, 128, 384],
+                             index={"dim": 64})
+    client.upsert(collection_name, np.arange(SUBSET), docs)
+    _wait_ready(client, collection_name)
+    curve = coordinator.calibrate(collection_name, 10, queries=queries[:200])
+    assert curve.index_dim == 64 and any(s.ann for s in curve.schedules)
+    truth = client.search(collection_name, queries[200:], k=10).ids
+    res = client.search(collection_name, queries[200:], k=10, target_recall=0.9)
+    assert res.ann_used is not None, "with a ready index the cheapest schedule is a graph walk"
+    assert _recall(res.ids, truth) >= 0.9
+    only_ann = client.search(collection_name, queries[200:], k=10, target_recall=0.95, ann=True)
+    assert only_ann.ann_used is not None and only_ann.calibrated_recall >= 0.95
+    assert _recall(only_ann.ids, truth) >= 0.95
+
+
+def test_deleted_ids_are_never_returned_and_never_twice(client, collection_name, corpus, coordinator):
+    docs, queries = corpus["docs"][:SUBSET], corpus["queries"][:100]
+    ids = np.arange(SUBSET, dtype=np.uint64) * 3 + 1
+    client.create_collection(collection_name, 384, "cosine", shards=2, index={"dim": 64, "m": 12})
+    client.upsert(collection_name, ids, docs)
+    _wait_ready(client, collection_name)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(SUBSET)
+    dead = ids[order[: int(0.45 * SUBSET)]]  # past the rebuild threshold on both shards
+    for part in np.array_split(dead, 6):
+        client.delete(collection_name, part)
+        res = client.search(collection_name, queries, k=10, ann=True)
+        done = dead[: np.flatnonzero(dead == part[-1])[0] + 1]
+        assert not np.isin(res.ids, done).any(), "a deleted id was returned"
+        assert all(len(set(r)) == len(r) for r in res.ids.tolist())
+    shards = _wait_ready(client, collection_name)
+    assert all(s.index_builds >= 2 for s in shards), [s.index_builds for s in shards]  # rebuilt
+    live = np.sort(ids[order[int(0.45 * SUBSET):]])
+    res = client.search(collection_name, queries, k=10, ann=True)
+    _check_exact_scores(res.ids, res.scores, live, docs[((live - 1) // 3).astype(np.int64)], queries, 384)
+    exact = client.search(collection_name, queries, k=10)
+    assert _recall(res.ids, exact.ids) >= 0.95
+    # deleted ids that are upserted again come back
+    client.upsert(collection_name, dead[:5], docs[((dead[:5] - 1) // 3).astype(np.int64)])
+    again = client.search(collection_name, docs[((dead[:5] - 1) // 3).astype(np.int64)], k=1, ann=True)
+    assert (again.ids[:, 0] == dead[:5]).all()
+
+
+def test_create_index_builds_in_background_while_exact_search_serves(client, collection_name, corpus):
+    docs, queries = corpus["docs"][:SMALL], corpus["queries"][:20]
+    ids = np.arange(SMALL, dtype=np.uint64)
+    client.create_collection(collection_name, 384, "cosine", shards=1)
+    client.upsert(collection_name, ids, docs)
+    with pytest.raises(FailedPrecondition, match="no ANN index"):
+        client.search(collection_name, queries, k=10, ann=True)
+    # a slowish build (wide beam) so searches certainly arrive while it runs
+    info = client.create_index(collection_name, {"type": "hnsw", "dim": 128, "m": 16,
+                                                 "ef_construction": 400})
+    assert info.index["dim"] == 128 and info.shard_info[0].index_state == "building"
+    during = 0
+    new_ids = np.arange(SMALL, SMALL + 200, dtype=np.uint64)
+    extra = corpus["docs"][SMALL:SMALL + 200]
+    client.upsert(collection_name, new_ids, extra)  # a write during the build
+    all_ids, all_docs = np.concatenate([ids, new_ids]), np.concatenate([docs, extra])
+    while client.describe_collection(collection_name).shard_info[0].index_state == "building":
+        res = client.search(collection_name, queries, k=10, ann=True)
+        assert_matches_oracle(res.ids, res.scores, all_ids, all_docs, queries, "cosine", 384, 10)
+        during += 1
+    shard = _wait_ready(client, collection_name)[0]
+    assert during > 0 and shard.index_fallback_queries > 0
+    assert shard.index_vectors == SMALL + 200 and 0 < shard.index_progress <= 1
+    res = client.search(collection_name, extra[:50], k=1, ann=True)
+    assert (res.ids[:, 0] == new_ids[:50]).all()  # the write during the build is in the graph
+
+
+def test_bad_ann_requests_get_clear_errors(client, collection_name, corpus):
+    client.create_collection(collection_name, 384, "cosine", index={"dim": 32})
+    client.upsert(collection_name, np.arange(100), corpus["docs"][:100])
+    q = corpus["queries"][:2]
+    with pytest.raises(InvalidArgument, match="set ann=True"):
+        client.search(collection_name, q, k=5, ef=50)
+    with pytest.raises(InvalidArgument, match="candidates must be between"):
+        client.search(collection_name, q, k=5, ann=True, candidates=3)
+    with pytest.raises(InvalidArgument, match="index dim 500 is outside"):
+        client.create_index(collection_name, {"dim": 500})
+    with pytest.raises(InvalidArgument, match="unknown index type"):
+        client.create_collection(collection_name + "x", 8, "dot", index={"type": "ivf"})
+    with pytest.raises(InvalidArgument, match="ANN graph walks 32"):
+        client.search(collection_name, q[:, :16], k=5, dim=16, ann=True)
+    res = client.search(collection_name, q, k=5, ann=True)  # the server still serves
+    assert res.ids.shape == (2, 5)
+
+
+@pytest.fixture
+def durable(ray_cluster, tmp_path):
+    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster.server import GatewayThread
+
+    ns = f"{ray_cluster}-ann-{uuid.uuid4().hex[:6]}"
+    coord = Coordinator(namespace=ns, create_catalog=True, data_dir=str(tmp_path / "data"))
+    gw = GatewayThread(coord)
+    yield ns, coord, gw, str(tmp_path / "data")
+    gw.stop()
+    for cfg in coord.list_collections():
+        coord.drop_collection(cfg.name)
+    ray.kill(ray.get_actor("catalog", namespace=ns))
+
+
+def _restart_shard(ns: str, actor_name: str) -> None:
+    handle = ray.get_actor(actor_name, namespace=ns)
+    pid = ray.get(handle.pid.remote())
+    ray.kill(handle, no_restart=False)  # Ray restarts it; __init__ recovers from disk
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        try:
+            if ray.get(handle.pid.remote(), timeout=30) != pid:
+                return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.2)
+    raise AssertionError("shard actor did not restart")
+
+
+def test_index_survives_restart_without_rebuild(durable, corpus):
+    ns, coord, gw, data_dir = durable
+    docs, queries = corpus["docs"], corpus["queries"][:100]
+    name = "ann-restart"
+    with Client(gw.address, timeout=120) as c:
+        c.create_collection(name, 384, "cosine", index={"dim": 64})
+        c.upsert(name, np.arange(SMALL), docs[:SMALL])
+        _wait_ready(c, name)
+        coord.checkpoint()  # the snapshot now holds the graph
+        c.upsert(name, np.arange(SMALL, SMALL + 300), docs[SMALL:SMALL + 300])  # log only
+        c.delete(name, np.arange(100))
+        before = c.search(name, queries, k=10, ann=True)
+        actor = c.describe_collection(name).shard_info[0].actor_name
+
+        _restart_shard(ns, actor)
+        s = c.describe_collection(name).shard_info[0]
+        assert s.index_state == "ready" and s.index_loaded and s.index_builds == 0, s
+        assert s.index_vectors == s.vectors == SMALL + 200
+        after = c.search(name, queries, k=10, ann=True)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
+
+        # A missing saved graph: rebuilt in the background while exact answers serve.
+        snaps = [os.path.join(r, d) for r, ds, _ in os.walk(data_dir) for d in ds
+                 if d.startswith("snapshot-")]
+        assert len(snaps) == 1
+        for f in (ann_shard.GRAPH_FILE, ann_shard.META_FILE):
+            os.remove(os.path.join(snaps[0], f))
+        _restart_shard(ns, actor)
+        s = c.describe_collection(name).shard_info[0]
+        assert not s.index_loaded and (
+            s.index_state == "building" and "no saved graph" in s.index_reason
+            or s.index_state == "ready" and s.index_builds == 1), s
+        live = np.arange(100, SMALL + 300)
+        res = c.search(name, queries, k=10, ann=True)  # exact while building, graph after
+        _check_exact_scores(res.ids, res.scores, live.astype(np.uint64), docs[live], queries, 384)
+        s = _wait_ready(c, name)[0]
+        assert s.index_builds == 1 and not s.index_loaded
