@@ -178,7 +178,10 @@ class ShardAnn:
         graph = self.graph
         if graph is None:
             return None
-        return graph.search(queries, candidates, ef)
+        try:
+            return graph.search(queries, candidates, ef)
+        except RuntimeError:  # hnswlib found fewer than asked (a graph cut up by deletions)
+            return None       # the exact scan answers instead
 
     def status(self) -> dict:
         """State for DescribeCollection: none / building / ready / stale (serving, rebuilding) / failed."""
