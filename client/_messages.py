@@ -22,6 +22,12 @@ class ShardInfo:
     down: bool = False    # did not answer (restarting, or lost)
     actor_name: str = ""  # the shard's Ray actor name (in the server's namespace)
     wal_bytes: int = 0    # log written since the last snapshot
+    node_id: str = ""     # Ray node the shard runs on
+    node_ip: str = ""
+    memory_bytes: int = 0  # the shard's vector data (allocated arrays)
+    rss_bytes: int = 0     # resident memory of its worker process
+    health: str = ""       # SERVING, RECOVERED (restarted from disk) or DOWN
+    restarts: int = 0
 
 
 @dataclass
@@ -151,7 +157,9 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
         nested_dims=list(info.nested_dims), shards=info.shards, vectors=info.vectors,
         shard_info=[ShardInfo(shard=s.shard, vectors=s.vectors, tombstones=s.tombstones,
                               capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
-                              actor_name=s.actor_name)
+                              actor_name=s.actor_name, node_id=s.node_id, node_ip=s.node_ip,
+                              memory_bytes=s.memory_bytes, rss_bytes=s.rss_bytes,
+                              health=s.health, restarts=s.restarts)
                     for s in info.shard_info])
 
 

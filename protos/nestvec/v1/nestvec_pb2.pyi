@@ -56,7 +56,7 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes")
+    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes", "node_id", "node_ip", "memory_bytes", "rss_bytes", "health", "restarts")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,12 @@ class ShardInfo(_message.Message):
     ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     DOWN_FIELD_NUMBER: _ClassVar[int]
     WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_IP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     shard: int
     vectors: int
     tombstones: int
@@ -71,7 +77,13 @@ class ShardInfo(_message.Message):
     actor_name: str
     down: bool
     wal_bytes: int
-    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ...) -> None: ...
+    node_id: str
+    node_ip: str
+    memory_bytes: int
+    rss_bytes: int
+    health: str
+    restarts: int
+    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ..., node_id: _Optional[str] = ..., node_ip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., health: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "dim", "metric", "nested_dims", "shards")
