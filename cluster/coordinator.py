@@ -529,7 +529,7 @@ def _issue(call: tuple[Any, tuple], wall_deadline: float | None = None):
     method, args = call
     try:
         return method.remote(*args, deadline=wall_deadline) if wall_deadline else method.remote(*args)
-    except ShardMissing as err:
+    except _ACTOR_DOWN as err:  # not running, or Ray refuses the call at once (its node died)
         return err
 
 
@@ -557,7 +557,7 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
-        if not any(isinstance(r, ShardMissing) for r in refs):
+        if not any(isinstance(r, _ACTOR_DOWN) for r in refs):
             try:  # the common case: one wait for all of them
                 for i, r in zip(todo, ray.get(refs, timeout=deadline.remaining())):
                     results[i] = r
@@ -567,7 +567,7 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
         down = []
         for i, ref in zip(todo, refs):
             try:
-                if isinstance(ref, ShardMissing):
+                if isinstance(ref, _ACTOR_DOWN):
                     raise ref
                 results[i] = ray.get(ref, timeout=deadline.remaining())
             except _ACTOR_DOWN as err:
@@ -599,7 +599,7 @@ async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
-        gathered = asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
+        gathered = asyncio.gather(*[_failed(r) if isinstance(r, _ACTOR_DOWN) else r for r in refs],
                                   return_exceptions=True)
         # If the wait is abandoned, its outcome is still read, so asyncio logs nothing.
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
