@@ -129,12 +129,26 @@ def arrow_vectors(column) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(len(col), dim)
 
 
-def _dataset(kind: str, files: list[str], batch_rows: int, id_offset: int, columns: list[str]):
+def _dataset(kind: str, files: list[str], batch_rows: int, id_offset: int, columns: list[str],
+             task_cpus: float):
+    """The input as a Ray Data dataset. The read asks for the same CPUs as the map after
+    it, so Ray Data fuses them: each task reads its rows and upserts them itself,
+    without passing the blocks through the object store first."""
     import ray.data
 
     if kind == "parquet":
-        return ray.data.read_parquet(files).select_columns(columns)
+        return ray.data.read_parquet(files, ray_remote_args={"num_cpus": task_cpus}).select_columns(columns)
     return ray.data.from_items(npy_chunks(files, batch_rows, id_offset))
+
+
+def _slices(kind: str, batch, batch_rows: int):
+    """A Ray Data block in pieces of at most batch_rows rows (npy: one piece per chunk row)."""
+    if kind == "npy":
+        for i in range(batch.num_rows):
+            yield batch.slice(i, 1)
+    else:
+        for lo in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(lo, batch_rows)
 
 
 def _rows(kind: str, batch, id_column: str, vector_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -158,13 +172,16 @@ def _coordinator(namespace: str):
 
 
 # ----- ingest -------------------------------------------------------------------
-def _upsert_batch(batch, *, kind, namespace, name, id_column, vector_column):
-    """One Ray Data batch → one routed upsert (runs in a Ray task, on any node)."""
+def _upsert_batch(batch, *, kind, namespace, name, id_column, vector_column, batch_rows):
+    """A Ray Data block → routed upserts of batch_rows rows each (runs in a Ray task, on any node)."""
     import pyarrow as pa
 
-    ids, vectors = _rows(kind, batch, id_column, vector_column)
-    written = _coordinator(namespace).upsert(name, ids, vectors, timeout=600)
-    return pa.table({"rows": [int(ids.size)], "written": [int(written)]})
+    rows = written = 0
+    for part in _slices(kind, batch, batch_rows):
+        ids, vectors = _rows(kind, part, id_column, vector_column)
+        written += _coordinator(namespace).upsert(name, ids, vectors, timeout=600)
+        rows += int(ids.size)
+    return pa.table({"rows": [rows], "written": [written]})
 
 
 def input_dim(kind: str, files: list[str], vector_column: str) -> int:
@@ -205,11 +222,11 @@ def ingest(name: str, path: str, *, namespace: str, id_column: str = "id",
         progress(f"created collection {name!r}")
     progress(f"ingesting {total} rows from {len(files)} {kind} files into {name!r} "
              f"(batches of {batch_rows} rows)")
-    ds = _dataset(kind, files, batch_rows, id_offset, [id_column, vector_column])
-    ds = ds.map_batches(_upsert_batch, batch_format="pyarrow",
-                        batch_size=batch_rows if kind == "parquet" else 1, num_cpus=task_cpus,
+    ds = _dataset(kind, files, batch_rows, id_offset, [id_column, vector_column], task_cpus)
+    ds = ds.map_batches(_upsert_batch, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus,
                         fn_kwargs=dict(kind=kind, namespace=namespace, name=name,
-                                       id_column=id_column, vector_column=vector_column))
+                                       id_column=id_column, vector_column=vector_column,
+                                       batch_rows=batch_rows))
     start, done, shown = time.perf_counter(), 0, 0.0
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
         done += int(out["rows"].sum())
@@ -224,18 +241,23 @@ def ingest(name: str, path: str, *, namespace: str, id_column: str = "id",
 
 
 # ----- batch search ---------------------------------------------------------------
-def _search_batch(batch, *, kind, namespace, name, id_column, vector_column, k, dim, funnel):
+def _search_batch(batch, *, kind, namespace, name, id_column, vector_column, k, dim, funnel,
+                  batch_rows):
+    """A Ray Data block of queries → searches of batch_rows queries → a results table."""
     import pyarrow as pa
 
-    qids, queries = _rows(kind, batch, id_column, vector_column)
-    res = _coordinator(namespace).search(name, queries, k=k, dim=dim, funnel=funnel, timeout=600)
-    kk = res.ids.shape[1]
-    return pa.table({
-        "query_id": pa.array(np.asarray(qids, dtype=np.uint64)),
-        "ids": pa.FixedSizeListArray.from_arrays(pa.array(res.ids.reshape(-1)), kk),
-        "scores": pa.FixedSizeListArray.from_arrays(
-            pa.array(res.scores.reshape(-1).astype(np.float32)), kk),
-    })
+    tables = []
+    for part in _slices(kind, batch, batch_rows):
+        qids, queries = _rows(kind, part, id_column, vector_column)
+        res = _coordinator(namespace).search(name, queries, k=k, dim=dim, funnel=funnel, timeout=600)
+        kk = res.ids.shape[1]
+        tables.append(pa.table({
+            "query_id": pa.array(np.asarray(qids, dtype=np.uint64)),
+            "ids": pa.FixedSizeListArray.from_arrays(pa.array(res.ids.reshape(-1)), kk),
+            "scores": pa.FixedSizeListArray.from_arrays(
+                pa.array(res.scores.reshape(-1).astype(np.float32)), kk),
+        }))
+    return pa.concat_tables(tables)
 
 
 def batch_search(name: str, queries_path: str, output: str, *, namespace: str, k: int = 10,
@@ -256,12 +278,11 @@ def batch_search(name: str, queries_path: str, output: str, *, namespace: str, k
     progress(f"searching {total} queries from {len(files)} {kind} files in {name!r} "
              f"(k={k}, dim={dim or 'full'}, funnel={funnel or 'none'}, batches of {batch_rows})")
     start = time.perf_counter()
-    ds = _dataset(kind, files, batch_rows, 0, [id_column, vector_column])
-    ds = ds.map_batches(_search_batch, batch_format="pyarrow",
-                        batch_size=batch_rows if kind == "parquet" else 1, num_cpus=task_cpus,
+    ds = _dataset(kind, files, batch_rows, 0, [id_column, vector_column], task_cpus)
+    ds = ds.map_batches(_search_batch, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus,
                         fn_kwargs=dict(kind=kind, namespace=namespace, name=name,
                                        id_column=id_column, vector_column=vector_column, k=k,
-                                       dim=dim, funnel=funnel))
+                                       dim=dim, funnel=funnel, batch_rows=batch_rows))
     ds.write_parquet(output)
     written = sum(pq.ParquetFile(f).metadata.num_rows
                   for f in glob.glob(os.path.join(output, "*.parquet")))

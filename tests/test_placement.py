@@ -83,7 +83,7 @@ def test_status_prints_every_shard(gateway, client, collection_name, corpus, cap
     print_status(gateway.address, collection_name)
     out = capsys.readouterr().out
     assert f"collection {collection_name}: dim 384, cosine, 3 shards, 600 vectors" in out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    rows = [r for r in map(str.split, out.splitlines()) if len(r) == 10 and r[0].isdigit()]  # shard ... memory MiB rss MiB restarts
     assert [r[0] for r in rows] == ["0", "1", "2"] and all(r[1] == "SERVING" for r in rows)
     assert sum(int(r[4]) for r in rows) == 600
     assert "nodes holding shards: 1" in out
