@@ -113,3 +113,24 @@ def test_cli_parses_funnel_and_rejects_garbage():
                           "--output", "o", "--collection", "c", "--funnel", "64x400"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "DIM:KEEP" in bad.stderr
+
+
+def test_rerun_after_a_failed_ingest_completes_without_duplicates(coordinator, collection_name,
+                                                                  corpus, tmp_path):
+    docs = corpus["docs"][:N].copy()
+    ids = np.arange(N, dtype=np.uint64)
+    bad = docs.copy()
+    bad[N - 5] = 0  # a zero vector has no cosine: the last file's upsert is refused
+    write_parquet(tmp_path / "in", ids, bad, fixed=True, files=3)
+    with pytest.raises(Exception, match="zero norm"):
+        bulk.ingest(collection_name, str(tmp_path / "in"), namespace=coordinator.namespace,
+                    batch_rows=500, create_metric="cosine", create_shards=2, progress=lambda _: None)
+    _, stats = coordinator.describe_collection(collection_name)
+    partial = sum(s["vectors"] for s in stats)
+    assert partial < N  # the job failed part-way (some batches may have landed)
+    write_parquet(tmp_path / "in", ids, docs, fixed=True, files=3)  # fix the data, run it again
+    rep = bulk.ingest(collection_name, str(tmp_path / "in"), namespace=coordinator.namespace,
+                      batch_rows=500, progress=lambda _: None)
+    assert (rep.rows, rep.collection_vectors) == (N, N)
+    got = coordinator.get(collection_name, ids)
+    np.testing.assert_array_equal(got.vectors, docs)
