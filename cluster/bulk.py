@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from nestvec.errors import InvalidArgument, NotFound
+from nestvec.errors import InvalidArgument, NestvecError, NotFound, from_code
 
 _coordinators: dict = {}  # per worker process: namespace -> Coordinator (reused across batches)
 
@@ -177,11 +177,17 @@ def _upsert_batch(batch, *, kind, namespace, name, id_column, vector_column, bat
     import pyarrow as pa
 
     rows = written = 0
-    for part in _slices(kind, batch, batch_rows):
-        ids, vectors = _rows(kind, part, id_column, vector_column)
-        written += _coordinator(namespace).upsert(name, ids, vectors, timeout=600)
-        rows += int(ids.size)
-    return pa.table({"rows": [rows], "written": [written]})
+    try:
+        for part in _slices(kind, batch, batch_rows):
+            ids, vectors = _rows(kind, part, id_column, vector_column)
+            written += _coordinator(namespace).upsert(name, ids, vectors, timeout=600)
+            rows += int(ids.size)
+    except NestvecError as err:
+        # Bad input or shards down: handed to the driver as data, so it can stop the
+        # job and raise it with its status code (a raised error reaches the driver
+        # wrapped in Ray Data's exceptions).
+        return pa.table({"rows": [rows], "written": [written], "error": [f"{err.code}\t{err.message}"]})
+    return pa.table({"rows": [rows], "written": [written], "error": [""]})
 
 
 def input_dim(kind: str, files: list[str], vector_column: str) -> int:
@@ -230,6 +236,12 @@ def ingest(name: str, path: str, *, namespace: str, id_column: str = "id",
     start, done, shown = time.perf_counter(), 0, 0.0
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
         done += int(out["rows"].sum())
+        failed = [e for e in out["error"].tolist() if e]
+        if failed:  # stop at the first failed block (dropping the iterator cancels the rest)
+            code, message = failed[0].split("\t", 1)
+            raise from_code(code, f"ingest stopped ({done} rows confirmed written): {message}. Fix "
+                                  "the input and run it again: rows already written are rewritten, "
+                                  "not duplicated")
         now = time.perf_counter() - start
         if now - shown >= 2.0 or done == total:
             shown = now

@@ -122,7 +122,7 @@ def test_rerun_after_a_failed_ingest_completes_without_duplicates(coordinator, c
     bad = docs.copy()
     bad[N - 5] = 0  # a zero vector has no cosine: the last file's upsert is refused
     write_parquet(tmp_path / "in", ids, bad, fixed=True, files=3)
-    with pytest.raises(Exception, match="zero norm"):
+    with pytest.raises(InvalidArgument, match="zero norm.*run it again"):
         bulk.ingest(collection_name, str(tmp_path / "in"), namespace=coordinator.namespace,
                     batch_rows=500, create_metric="cosine", create_shards=2, progress=lambda _: None)
     _, stats = coordinator.describe_collection(collection_name)
