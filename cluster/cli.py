@@ -96,6 +96,8 @@ def _status_parser(sub) -> None:
 
 
 def _ray_job_args(p) -> None:
+    p.add_argument("--ray-address", default=None,
+                   help="the Ray cluster (default: $RAY_ADDRESS, which `ray job submit` sets, else auto)")
     p.add_argument("--namespace", default="nestvec", help="Ray namespace of the nestvec cluster")
     p.add_argument("--collection", required=True)
     p.add_argument("--id-column", default="id", help="Parquet id column (default %(default)s)")
@@ -201,7 +203,7 @@ def _run(args) -> int:
         print_status(args.address, args.collection, args.api_key, args.tls_ca)
     elif args.command == "ingest":
         from nestvec.cluster import bulk
-        _init_job_ray(args.namespace)
+        _init_job_ray(args.namespace, args.ray_address)
         report = bulk.ingest(args.collection, args.path, namespace=args.namespace,
                              id_column=args.id_column, vector_column=args.vector_column,
                              batch_rows=args.batch_rows, id_offset=args.id_offset,
@@ -210,7 +212,7 @@ def _run(args) -> int:
         _say(report.line())
     elif args.command == "batch-search":
         from nestvec.cluster import bulk
-        _init_job_ray(args.namespace)
+        _init_job_ray(args.namespace, args.ray_address)
         report = bulk.batch_search(args.collection, args.queries, args.output,
                                    namespace=args.namespace, k=args.k, dim=args.dim or None,
                                    funnel=args.funnel, id_column=args.id_column,
@@ -232,13 +234,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _init_job_ray(namespace: str) -> None:
-    """Join the Ray cluster this runs on (inside `ray job submit`, or $RAY_ADDRESS)."""
+def _init_job_ray(namespace: str, address: str | None = None) -> None:
+    """Join the Ray cluster this runs on (inside `ray job submit`, $RAY_ADDRESS is set)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace=namespace,
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=namespace,
                  log_to_driver=False)
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False  # our own progress lines instead

@@ -152,9 +152,10 @@ class Coordinator:
                 data_dir = datadir.open_data_dir(data_dir)
             if placement is not None:
                 placement.check_cluster(ray.cluster_resources())
-            # The catalog holds the data dir's lock: keep it on this (the server's) node
-            # rather than on a worker node that may go away.
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            # The catalog holds the data dir's lock: keep it on this (the server's) node,
+            # not on a worker node that may go away. Hard affinity: a soft one was seen
+            # placing it on a worker node of a 3-node test cluster, which then took it down.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
                 lifetime="detached", scheduling_strategy=here).remote(

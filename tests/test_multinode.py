@@ -170,6 +170,16 @@ def test_batch_search_job(cluster, data):
                           funnel=[(64, 400)])
 
 
+def test_ingest_cli_reports_a_user_error_with_exit_code_2(cluster, data):
+    np.save(cluster["tmp"] / "few.npy", data["docs"][:10])
+    out = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "ingest",
+                          str(cluster["tmp"] / "few.npy"), "--collection", "no-such-collection",
+                          "--ray-address", cluster["nodes"].address, "--namespace", cluster["ns"]],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "nestvec ingest: error: NOT_FOUND: collection 'no-such-collection' does not exist" in out.stderr
+
+
 def test_node_loss_then_recovery_from_data_dirs(cluster, data):
     lost = [i for i in range(SHARDS) if RESOURCES[i % 3] == "nv-w2"]
     cluster["nodes"].kill("w2")
