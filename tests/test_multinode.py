@@ -87,7 +87,9 @@ import json, sys, ray
 ray.init(address=sys.argv[1], namespace=sys.argv[2], log_to_driver=False)
 nodes = {n["NodeID"]: [r for r in n["Resources"] if r.startswith("nv-")] for n in ray.nodes() if n["Alive"]}
 gws = [ray.get(ray.get_actor(f"gateway-{i}").info.remote()) for i in range(2)]
-print(json.dumps({"nodes": {k: v[0] for k, v in nodes.items() if v}, "gateways": gws}))
+from ray._private import state
+catalog = state.actors(ray.get_actor("catalog")._actor_id.hex())["Address"]["NodeID"]
+print(json.dumps({"nodes": {k: v[0] for k, v in nodes.items() if v}, "gateways": gws, "catalog": catalog}))
 """
     out = subprocess.run([sys.executable, "-c", code, cluster["nodes"].address, cluster["ns"]],
                          env=ENV, capture_output=True, text=True, timeout=120)
@@ -116,8 +118,10 @@ def test_shards_are_placed_on_all_three_nodes(cluster):
     with Client(cluster["address"], timeout=120) as c:
         c.create_collection(NAME, 384, "cosine", shards=SHARDS)
         info = c.describe_collection(NAME)
-    node_resource = _probe(cluster)["nodes"]
+    probe = _probe(cluster)
+    node_resource = probe["nodes"]
     assert sorted(node_resource.values()) == RESOURCES
+    assert node_resource[probe["catalog"]] == "nv-head"  # with serve and the gateways, not on a worker
     placed = [node_resource[s.node_id] for s in info.shard_info]
     assert placed == [RESOURCES[i % 3] for i in range(SHARDS)]  # resources:A,B,C → shard i on i mod 3
     assert all(s.health == "SERVING" and s.node_ip == "127.0.0.1" and s.memory_bytes > 0
