@@ -34,6 +34,12 @@ class ShardInfo:
     index_loaded: bool = False       # loaded from a snapshot (not rebuilt)
     index_reason: str = ""
     index_fallback_queries: int = 0  # ANN queries answered exactly (no graph yet)
+    node_id: str = ""     # Ray node the shard runs on
+    node_ip: str = ""
+    memory_bytes: int = 0  # the shard's vector data (allocated arrays)
+    rss_bytes: int = 0     # resident memory of its worker process
+    health: str = ""       # SERVING, RECOVERED (restarted from disk) or DOWN
+    restarts: int = 0
 
 
 @dataclass
@@ -196,7 +202,10 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
         first_stage=wire.PRECISION_FROM_WIRE.get(info.first_stage, "unknown"),
         shard_info=[ShardInfo(shard=s.shard, vectors=s.vectors, tombstones=s.tombstones,
                               capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
-                              actor_name=s.actor_name, **{f: getattr(s, f) for f in _INDEX_FIELDS})
+                              actor_name=s.actor_name, node_id=s.node_id, node_ip=s.node_ip,
+                              memory_bytes=s.memory_bytes, rss_bytes=s.rss_bytes,
+                              health=s.health, restarts=s.restarts,
+                              **{f: getattr(s, f) for f in _INDEX_FIELDS})
                     for s in info.shard_info],
         index=({"type": info.index.type, "dim": info.index.dim, "m": info.index.m,
                 "ef_construction": info.index.ef_construction} if info.HasField("index") else None))

@@ -21,9 +21,11 @@ CATALOG_ACTOR = "catalog"
 @ray.remote(num_cpus=0)
 class CatalogActor:
     def __init__(self, data_dir: str | None = None, fsync: str = "always",
-                 fsync_interval: float = 0.05, shard_threads: int = 1):
+                 fsync_interval: float = 0.05, shard_threads: int = 1,
+                 placement: dict | None = None):
+        # placement: where shards run and what they reserve (placement.Placement.to_dict)
         self._settings = {"data_dir": data_dir, "fsync": fsync, "fsync_interval": fsync_interval,
-                          "shard_threads": shard_threads}
+                          "shard_threads": shard_threads, "placement": placement}
         self._collections: dict[str, dict] = {}
         if data_dir:
             self._lock = datadir.lock_data_dir(data_dir)

@@ -1,4 +1,4 @@
-"""The `nestvec` command: `serve`, `demo`, `keygen` and `loadtest` (later issues add more subcommands)."""
+"""The `nestvec` command: `serve`, `status`, `ingest`, `batch-search`, `demo`, `keygen` and `loadtest`."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from nestvec.cluster.datadir import DataDirError
 from nestvec.cluster.limits import Limits
 from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, ExposureRefused
 from nestvec.cluster.wal import FSYNC_POLICIES
-from nestvec.errors import NestvecError
+from nestvec.errors import InvalidArgument, NestvecError
 
 DEFAULT_SHARDS = max(1, min(os.cpu_count() or 1, 8))  # one shard per core, up to 8
 
@@ -36,6 +36,19 @@ def _serve_parser(sub) -> None:
     s.add_argument("--batch-window-ms", type=float, default=1.0,
                    help="while a search is in flight, stack same-shaped searches arriving "
                         "within this window into one shard call (0 turns it off; default %(default)s)")
+    s.add_argument("--gateways", type=int, default=1,
+                   help="gateway replicas: N > 1 runs N gRPC gateways as Ray actors on this node, "
+                        "all on --port (SO_REUSEPORT), for query throughput past one process")
+
+    pl = s.add_argument_group("placement (see deploy/README.md)")
+    pl.add_argument("--placement", default="default",
+                    help="where shards run: default (Ray's scheduler), spread (over as many nodes "
+                         "as possible), or resources:A,B,... (shard i needs custom resource i mod n, "
+                         "so it always runs, and restarts, on the node started with it)")
+    pl.add_argument("--shard-cpus", type=float, default=0.0,
+                    help="Ray CPUs each shard actor reserves (default 0: no limit on shards per node)")
+    pl.add_argument("--shard-memory", type=int, default=0,
+                    help="Ray memory (bytes) each shard actor reserves (default 0: none)")
 
     d = s.add_argument_group("durability")
     d.add_argument("--data-dir", default="nestvec-data",
@@ -68,6 +81,63 @@ def _serve_parser(sub) -> None:
                          help=f"default {f.default}")
 
 
+def _client_args(p) -> None:
+    p.add_argument("--address", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+                   help="the nestvec gateway (default %(default)s)")
+    p.add_argument("--api-key", default=os.environ.get("NESTVEC_API_KEY"),
+                   help="API key (default: $NESTVEC_API_KEY)")
+    p.add_argument("--tls-ca", default=None, help="PEM CA that signed the server's certificate (TLS)")
+
+
+def _status_parser(sub) -> None:
+    st = sub.add_parser("status", help="each collection's shards: node, rows, memory, health")
+    _client_args(st)
+    st.add_argument("--collection", default=None, help="only this collection")
+
+
+def _ray_job_args(p) -> None:
+    p.add_argument("--ray-address", default=None,
+                   help="the Ray cluster (default: $RAY_ADDRESS, which `ray job submit` sets, else auto)")
+    p.add_argument("--namespace", default="nestvec", help="Ray namespace of the nestvec cluster")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--id-column", default="id", help="Parquet id column (default %(default)s)")
+    p.add_argument("--vector-column", default="vector",
+                   help="Parquet vector column, list or fixed-size list of floats (default %(default)s)")
+    p.add_argument("--task-cpus", type=float, default=0.5,
+                   help="Ray CPUs per Ray Data task (default %(default)s)")
+
+
+def _bulk_parsers(sub) -> None:
+    i = sub.add_parser("ingest", help="bulk-load Parquet or .npy files with Ray Data (a Ray job; no gRPC)")
+    i.add_argument("path", help="a .parquet/.npy file or a directory of them")
+    _ray_job_args(i)
+    i.add_argument("--batch-rows", type=int, default=4096, help="rows per upsert (default %(default)s)")
+    i.add_argument("--id-offset", type=int, default=0,
+                   help=".npy inputs: id of the first row of the first file (default %(default)s)")
+    i.add_argument("--metric", default=None,
+                   help="create the collection if it does not exist, with this metric and the input's dim")
+    i.add_argument("--shards", type=int, default=None, help="shards of a collection created here")
+
+    b = sub.add_parser("batch-search", help="search query vectors from Parquet/.npy with Ray Data, "
+                                            "write ids and scores to Parquet (a Ray job; no gRPC)")
+    b.add_argument("queries", help="a .parquet/.npy file or a directory of them")
+    b.add_argument("--output", required=True, help="directory to write Parquet results into")
+    _ray_job_args(b)
+    b.add_argument("-k", type=int, default=10)
+    b.add_argument("--dim", type=int, default=0, help="prefix dim to rank at (0: full)")
+    b.add_argument("--funnel", default=None, type=parse_funnel,
+                   help="shortlist stages DIM:KEEP[,DIM:KEEP...], e.g. 64:400")
+    b.add_argument("--batch-rows", type=int, default=256, help="queries per search (default %(default)s)")
+
+
+def parse_funnel(text: str) -> list[tuple[int, int]]:
+    """'64:400,128:200' -> [(64, 400), (128, 200)]."""
+    try:
+        return [tuple(int(x) for x in part.split(":")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"funnel {text!r}: use DIM:KEEP[,DIM:KEEP...]") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nestvec", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -78,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--address", default=None,
                    help="a running nestvec server (host:port); default: start an embedded one")
     d.add_argument("--shards", type=int, default=2)
+
+    _status_parser(sub)
+    _bulk_parsers(sub)
 
     k = sub.add_parser("keygen", help="make a new API key and the key-file line that admits it")
     k.add_argument("--role", choices=ROLES, required=True)
@@ -103,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
 def _serve_options(args):
     from nestvec.cluster.auth import KeyStore
     from nestvec.cluster.security import TlsConfig
+    from nestvec.cluster.placement import Placement
     from nestvec.cluster.server import ServeOptions
 
+    if args.gateways < 1:
+        raise InvalidArgument(f"--gateways must be at least 1, got {args.gateways}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ExposureRefused("--tls-cert and --tls-key go together")
     return ServeOptions(
@@ -116,13 +192,36 @@ def _serve_options(args):
         keys=KeyStore.load(args.api_keys_file),
         tls=TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         insecure=args.insecure, metrics_port=args.metrics_port,
-        batch_window=args.batch_window_ms / 1000, grace=args.grace)
+        batch_window=args.batch_window_ms / 1000, grace=args.grace,
+        placement=Placement.parse(args.placement, args.shard_cpus, args.shard_memory),
+        gateways=args.gateways)
 
 
 def _run(args) -> int:
     if args.command == "serve":
         from nestvec.cluster.server import serve
         serve(_serve_options(args))
+    elif args.command == "status":
+        from nestvec.cluster.status import print_status
+        print_status(args.address, args.collection, args.api_key, args.tls_ca)
+    elif args.command == "ingest":
+        from nestvec.cluster import bulk
+        _init_job_ray(args.namespace, args.ray_address)
+        report = bulk.ingest(args.collection, args.path, namespace=args.namespace,
+                             id_column=args.id_column, vector_column=args.vector_column,
+                             batch_rows=args.batch_rows, id_offset=args.id_offset,
+                             create_metric=args.metric, create_shards=args.shards,
+                             task_cpus=args.task_cpus, progress=_say)
+        _say(report.line())
+    elif args.command == "batch-search":
+        from nestvec.cluster import bulk
+        _init_job_ray(args.namespace, args.ray_address)
+        report = bulk.batch_search(args.collection, args.queries, args.output,
+                                   namespace=args.namespace, k=args.k, dim=args.dim or None,
+                                   funnel=args.funnel, id_column=args.id_column,
+                                   vector_column=args.vector_column, batch_rows=args.batch_rows,
+                                   task_cpus=args.task_cpus, progress=_say)
+        _say(report.line())
     elif args.command == "demo":
         from nestvec.cluster.demo import run
         run(address=args.address, shards=args.shards)
@@ -135,6 +234,22 @@ def _run(args) -> int:
         print(f"# give this key to the client (shown once; only its digest is kept):\n{key}\n"
               f"# add this line to the server's --api-keys-file:\n{line}")
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _init_job_ray(namespace: str, address: str | None = None) -> None:
+    """Join the Ray cluster this runs on (inside `ray job submit`, $RAY_ADDRESS is set)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=namespace,
+                 log_to_driver=False)
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = False  # our own progress lines instead
 
 
 if __name__ == "__main__":

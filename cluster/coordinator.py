@@ -32,12 +32,14 @@ from typing import Any, Callable, Generator
 import numpy as np
 import ray
 from ray import exceptions as ray_errors
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nestvec.cluster import collection as col
 from nestvec.cluster import datadir, planner
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster.placement import Placement
 from nestvec.cluster.engine import SearchResult, keys_to_scores
 from nestvec.cluster.routing import split_by_shard
 from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
@@ -141,16 +143,25 @@ class Coordinator:
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, default_shards: int = 1,
                  create_catalog: bool = False, data_dir: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05,
-                 limits: Limits = DEFAULT_LIMITS, shard_threads: int = 1):
+                 limits: Limits = DEFAULT_LIMITS, shard_threads: int = 1,
+                 placement: Placement | None = None):
         self.namespace = namespace
         self.limits = limits
         self.default_shards = default_shards
         if create_catalog:
             if data_dir:
                 data_dir = datadir.open_data_dir(data_dir)
+            if placement is not None:
+                placement.check_cluster(ray.cluster_resources())
+            # The catalog holds the data dir's lock: keep it on this (the server's) node,
+            # not on a worker node that may go away. Hard affinity: a soft one was seen
+            # placing it on a worker node of a 3-node test cluster, which then took it down.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
-                lifetime="detached").remote(data_dir, fsync, fsync_interval, shard_threads)
+                lifetime="detached", scheduling_strategy=here).remote(
+                    data_dir, fsync, fsync_interval, shard_threads,
+                    placement.to_dict() if placement else None)
         else:
             try:
                 self._catalog = ray.get_actor(CATALOG_ACTOR, namespace=namespace)
@@ -482,7 +493,8 @@ class Coordinator:
                     lifetime="detached", get_if_exists=reuse,
                     # A durable shard restarts and recovers from disk; an in-memory one
                     # must not come back empty and pretend nothing was lost.
-                    max_restarts=-1 if data_dir else 0)
+                    max_restarts=-1 if data_dir else 0,
+                    **Placement.from_dict(self.settings.get("placement")).actor_options(i))
         args = (cfg.to_dict(), i,
                 datadir.shard_dir(data_dir, cfg.name, cfg.uid, i) if data_dir else None,
                 self.settings["fsync"], self.settings["fsync_interval"],
@@ -585,7 +597,7 @@ def _issue(call: tuple[Any, tuple], wall_deadline: float | None = None):
     method, args = call
     try:
         return method.remote(*args, deadline=wall_deadline) if wall_deadline else method.remote(*args)
-    except ShardMissing as err:
+    except _ACTOR_DOWN as err:  # not running, or Ray refuses the call at once (its node died)
         return err
 
 
@@ -613,7 +625,7 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
-        if not any(isinstance(r, ShardMissing) for r in refs):
+        if not any(isinstance(r, _ACTOR_DOWN) for r in refs):
             try:  # the common case: one wait for all of them
                 for i, r in zip(todo, ray.get(refs, timeout=deadline.remaining())):
                     results[i] = r
@@ -623,7 +635,7 @@ def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
         down = []
         for i, ref in zip(todo, refs):
             try:
-                if isinstance(ref, ShardMissing):
+                if isinstance(ref, _ACTOR_DOWN):
                     raise ref
                 results[i] = ray.get(ref, timeout=deadline.remaining())
             except _ACTOR_DOWN as err:
@@ -655,7 +667,7 @@ async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     todo, backoff = list(range(len(fan.calls))), 0.05
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
-        gathered = asyncio.gather(*[_failed(r) if isinstance(r, ShardMissing) else r for r in refs],
+        gathered = asyncio.gather(*[_failed(r) if isinstance(r, _ACTOR_DOWN) else r for r in refs],
                                   return_exceptions=True)
         # If the wait is abandoned, its outcome is still read, so asyncio logs nothing.
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -90,6 +90,12 @@ class ShardEngine:
     def stats(self) -> ShardStats:
         return ShardStats(len(self), self._n - len(self), self._vectors.shape[0])
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the shard's arrays (allocated capacity, not just live rows)."""
+        arrays = [self._vectors, self._row_ids, self._alive, self._sqnorms, self._index_ids,
+                  self._index_rows, *self._fast.values(), *self._row_terms.values()]
+        return int(sum(a.nbytes for a in arrays)) + self.lowp_nbytes()
+
     # ----- writes ---------------------------------------------------------------
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
         """Insert or replace rows. Within one batch the last occurrence of an id wins."""

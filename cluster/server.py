@@ -29,6 +29,7 @@ from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
 from nestvec.cluster.gateway import add_to_server, make_servicer
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
 from nestvec.cluster.metrics import GatewayMetrics
+from nestvec.cluster.placement import Placement
 from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, TlsConfig, check_exposure
 from nestvec.v1 import nestvec_pb2
 
@@ -65,8 +66,11 @@ class Gateway:
     def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits = DEFAULT_LIMITS, keys: KeyStore | None = None,
                  tls: TlsConfig | None = None, metrics: GatewayMetrics | None = None,
-                 batch_window: float = 0.001):
+                 batch_window: float = 0.001, reuse_port: bool = False):
         self.coordinator = coordinator
+        # reuse_port: gateway replicas share one port (replicas.py); a lone gateway
+        # refuses a port already taken rather than silently sharing it.
+        self.reuse_port = reuse_port
         self.batch_window = batch_window
         self.host, self.port = host, port
         self.limits, self.keys, self.tls = limits, keys, tls
@@ -77,7 +81,7 @@ class Gateway:
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.limits.max_message_bytes),
                 ("grpc.max_send_message_length", self.limits.max_message_bytes),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", int(self.reuse_port))]
         self.server = grpc.aio.server(options=opts)
         add_to_server(make_servicer(self.coordinator, self.keys, self.limits, self.metrics,
                                     self.batch_window), self.server)
@@ -150,6 +154,8 @@ class ServeOptions:
     metrics_port: int | None = None
     batch_window: float = 0.001
     grace: float = 10.0
+    placement: Placement = field(default_factory=Placement)
+    gateways: int = 1
 
 
 def serve(opts: ServeOptions) -> None:
@@ -168,10 +174,16 @@ def serve(opts: ServeOptions) -> None:
     coordinator = Coordinator(namespace=opts.namespace, default_shards=opts.shards,
                               create_catalog=True, data_dir=data_dir, fsync=opts.fsync,
                               fsync_interval=opts.fsync_interval, limits=opts.limits,
-                              shard_threads=opts.shard_threads)
+                              shard_threads=opts.shard_threads, placement=opts.placement)
     opened = coordinator.open_collections()
     if opened:
         log.info("reopened %d collections from %s", len(opened), data_dir)
+    if opts.gateways > 1:
+        _serve_replicas(opts, coordinator)
+        if data_dir:
+            coordinator.checkpoint(timeout=600)
+        ray.shutdown()
+        return
     metrics = GatewayMetrics(coordinator)
     if opts.metrics_port is not None:
         bound = metrics.serve(opts.metrics_port)
@@ -182,6 +194,28 @@ def serve(opts: ServeOptions) -> None:
     if data_dir:
         coordinator.checkpoint(timeout=600)
     ray.shutdown()
+
+
+def _serve_replicas(opts: ServeOptions, coordinator: Coordinator) -> None:
+    """`--gateways N`: N gateway actors on this node share the port; this process waits."""
+    from nestvec.cluster import replicas
+
+    handles, bound = replicas.start_replicas(
+        opts.gateways, opts.namespace, opts.host, opts.port, opts.limits, opts.keys, opts.tls,
+        opts.batch_window, opts.metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = coordinator.settings
+    durability = (f"data in {settings['data_dir']}, fsync {settings['fsync']}" if settings["data_dir"]
+                  else "in memory only: nothing survives a restart")
+    print(f"nestvec serving on {opts.host}:{bound} with {opts.gateways} gateway replicas "
+          f"({'TLS' if opts.tls else 'plaintext'}; Ray namespace {opts.namespace!r}; {durability}); "
+          "Ctrl-C or SIGTERM stops it", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down %d gateway replicas (grace %.0fs)", len(handles), opts.grace)
+    replicas.stop_replicas(handles, opts.grace)
 
 
 async def _serve_async(gateway: Gateway, grace: float) -> None:

@@ -139,14 +139,29 @@ class ShardActor:
 
     def stats(self) -> dict:
         s = self.engine.stats()
+        ctx = ray.get_runtime_context()
+        restarts = self.restarts()
         out = {"shard": self.shard, "actor_name": shard_actor_name(self.config, self.shard),
                "vectors": s.vectors, "tombstones": s.tombstones,
                "capacity": s.capacity, "restarted": bool(self.was_restarted),
-               "restarts": self.restarts(), **self.ann.status()}
+               "restarts": restarts, "node_id": ctx.get_node_id(),
+               "node_ip": ray.util.get_node_ip_address(),
+               "memory_bytes": self.engine.memory_bytes(), "rss_bytes": _rss_bytes(),
+               "health": "RECOVERED" if (restarts or self.was_restarted) else "SERVING",
+               **self.ann.status()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
                        recovery_seconds=self.store.recovery_seconds)
         return out
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this worker process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _check_deadline(deadline: float | None) -> None:
