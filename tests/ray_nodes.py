@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,7 @@ class RayNodes:
                 self.kill(name)
             except AssertionError:
                 pass
+        shutil.rmtree(self.temp, ignore_errors=True)  # Ray's session files and sockets
 
     def logs(self, tail: int = 3000) -> str:
         out = []
