@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import platform
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -274,3 +275,10 @@ def write_results(name: str, payload: dict) -> pathlib.Path:
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for servers a benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import sys
 import uuid
 
@@ -35,14 +34,13 @@ from nestvec.cluster.server import GatewayThread  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "corpusA" / "embeddings.npz"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _common import free_port  # noqa: E402
 
 
 def main() -> int:
+    import argparse
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, no options
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": False,
                                       "node_ip_address": "127.0.0.1"})

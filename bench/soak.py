@@ -25,7 +25,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,11 +44,8 @@ from nestvec.cluster.loadtest.workload import QuerySet, Workload  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "corpusA" / "embeddings.npz"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _common import free_port  # noqa: E402
 
 
 def tree(pid: int) -> list[int]:
