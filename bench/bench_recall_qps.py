@@ -9,7 +9,8 @@ recall@10 against the exact full-384 ground truth:
 - FAISS IndexFlatIP at each prefix dim (384 is the exact baseline);
 - hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef;
 - end to end: a few of the nestvec points again through gRPC -> gateway ->
-  coordinator -> Ray shard actor (embedded local cluster, 1 shard), `--no-e2e` skips.
+  coordinator -> Ray shard actors (embedded local cluster, `--e2e-shards` shards of one
+  BLAS thread each: default 2, one per core, the server's own default here), `--no-e2e` skips.
 
     .venv/bin/pip install -e '.[bench]'     # faiss-cpu, matplotlib, hnswlib (compiles)
     .venv/bin/python bench/bench_recall_qps.py          # ~6 min (hnswlib build ~50 s)
@@ -42,6 +43,7 @@ def parse_args():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench_recall_qps")
     p.add_argument("--no-e2e", action="store_true", help="skip the gRPC end-to-end points")
+    p.add_argument("--e2e-shards", type=int, default=2, help="shards of the gRPC collections (default 2)")
     return p.parse_args()
 
 
@@ -108,7 +110,8 @@ def main() -> None:
             return hnsw.knn_query(normed(q), k=k)[0]
         methods.append(("hnswlib", f"hnsw ef={ef}", hnsw_search))
 
-    e2e = None if a.no_e2e else E2eCluster(docs, {"bench": engine.config, "bench8": int8.config})
+    e2e = None if a.no_e2e else E2eCluster(docs, {"bench": engine.config, "bench8": int8.config},
+                                           a.e2e_shards)
     if e2e is not None:
         for label in E2E:
             coll = "bench8" if label.startswith("int8") else "bench"
@@ -146,10 +149,10 @@ def main() -> None:
 
 
 class E2eCluster:
-    """An embedded local Ray cluster, one shard per collection, a gateway on loopback
-    and a Client: the same collections as the in-process engines, ingested over gRPC."""
+    """An embedded local Ray cluster, a gateway on loopback and a Client: the same
+    collections as the in-process engines, ingested over gRPC."""
 
-    def __init__(self, docs, configs):
+    def __init__(self, docs, configs, shards):
         import uuid
 
         import ray  # noqa: F401  (started below, on loopback)
@@ -164,7 +167,8 @@ class E2eCluster:
         self.client = Client(self.gateway.address, timeout=300)
         ids = __import__("numpy").arange(docs.shape[0], dtype="uint64")
         for name, cfg in configs.items():
-            self.client.create_collection(name, cfg.dim, cfg.metric, shards=1, first_stage=cfg.first_stage)
+            self.client.create_collection(name, cfg.dim, cfg.metric, shards=shards,
+                                          first_stage=cfg.first_stage)
             self.client.upsert(name, ids, docs)
 
     def close(self):

@@ -20,7 +20,7 @@ import numpy as np
 
 from nestvec.cluster import kernels
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
-from nestvec.cluster.lowp import LOWP_MAX_DIM, QuantizedPrefix, lowp_overfetch
+from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
 from nestvec.cluster.topk import run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
@@ -76,7 +76,7 @@ class ShardEngine:
         # first_stage="float16"/"int8": low-precision copies for funnel shortlists (lowp.py)
         self._lowp = {} if config.first_stage == "float32" else {
             int(d): QuantizedPrefix(int(d), config.first_stage, cap) for d in self.nested
-            if d <= LOWP_MAX_DIM and d < self.dim}
+            if has_copy(int(d), self.dim)}
         self._n = 0                                       # rows in use (live + dead)
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
         self._index_rows = np.empty(0, dtype=np.int64)    # their rows

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster.lowp import LOWP_MAX_DIM, lowp_overfetch
+from nestvec.cluster.lowp import has_copy, lowp_overfetch
 
 KEEP_FACTORS = (2, 5, 10, 20, 50, 100)
 STORED_MARGIN = 10.0       # see the module doc
@@ -136,7 +136,7 @@ def cost(stages, dim: int, vectors: int, shards: int, first_stage: str = "float3
         return float(vectors * dim)
     (d1, keep), rest = stages[0], stages[1:]
     later = [d for d, _ in rest] + [dim]
-    if first_stage != "float32" and d1 <= LOWP_MAX_DIM and d1 < dim:
+    if first_stage != "float32" and has_copy(d1, dim):
         scan = SCAN_FACTOR[first_stage] * vectors * d1
         rerank = RERANK_WEIGHT * shards * lowp_overfetch(keep) * (d1 + sum(later))
         return float(scan + rerank)

@@ -179,6 +179,7 @@ def _limit_threads(n: int) -> None:
     """
     import threadpoolctl
 
-    from nestvec.cluster import kernels
+    from nestvec.cluster import kernels, topk
     threadpoolctl.threadpool_limits(n)
     kernels.set_threads(n)
+    topk.set_threads(n)

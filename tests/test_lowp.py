@@ -15,7 +15,7 @@ from nestvec.cluster.engine import ShardEngine
 from oracle import brute_force, exact_scores
 
 N = 20_000
-FUNNELS = [[(64, 100)], [(128, 50)], [(32, 400), (128, 50)]]
+FUNNELS = [[(128, 50)], [(32, 400), (128, 50)], [(64, 100)]]  # the last one: no copy at 64
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_faiss_scan_scores_the_decoded_codes(data, precision, metric):
 def test_small_batches_shortlist_on_the_copy_and_large_ones_exactly(data):
     docs, queries = data
     e = _engine(docs[:5000], "cosine", "int8")
-    lp = e._lowp[64]
+    lp = e._lowp[128]
     assert (e._lowp_rows(queries[:1], 50, lp) is not None) == kernels.available()
     assert e._lowp_rows(queries[:lowp.SIMD_MAX_BATCH + 1], 50, lp) is None
 
@@ -90,7 +90,7 @@ def test_lowp_funnel_returns_exact_scores_and_matches_the_exact_funnel(data, met
     docs, queries = data
     ids = np.arange(N, dtype=np.uint64)
     e = _engine(docs, metric, precision)
-    assert set(e._lowp) == {32, 64, 128}
+    assert set(e._lowp) == {128}  # 32 and 64 have contiguous float32 copies (lowp.has_copy)
     for funnel in FUNNELS:
         plan = plan_search(e.config, 384, 10, 384, funnel)
         got = e.search(queries, plan)
@@ -121,7 +121,7 @@ def test_shortlist_is_the_exact_shortlist_on_corpus(data):
 def test_deleted_rows_never_come_back_from_a_lowp_shortlist(data):
     docs, queries = data
     e = _engine(docs[:4000], "cosine", "int8")
-    plan = plan_search(e.config, 384, 10, 384, [(64, 50)])
+    plan = plan_search(e.config, 384, 10, 384, [(128, 50)])
     before = e.search(queries[:10], plan).ids
     gone = np.unique(before[:, :3])
     e.delete(gone)
@@ -138,7 +138,7 @@ def test_deleted_rows_never_come_back_from_a_lowp_shortlist(data):
     e.delete(np.arange(0, 1500, dtype=np.uint64))  # compacts (a quarter dead)
     assert e.stats().tombstones == 0
     rest_ids = np.setdiff1d(np.arange(4000, dtype=np.uint64), np.concatenate([gone, np.arange(1500, dtype=np.uint64)]))
-    want, _ = brute_force(rest_ids, docs[rest_ids.astype(np.int64)], queries[:10], "cosine", 384, 10, [(64, 50)])
+    want, _ = brute_force(rest_ids, docs[rest_ids.astype(np.int64)], queries[:10], "cosine", 384, 10, [(128, 50)])
     assert _recall(e.search(queries[:10], plan).ids, want) >= 0.99
 
 
@@ -146,15 +146,16 @@ def test_int8_ranges_retrain_as_the_shard_grows(data):
     docs, _ = data
     e = ShardEngine(CollectionConfig.create("t", 384, "cosine", first_stage="int8"))
     e.upsert(np.arange(10, dtype=np.uint64), docs[:10])
-    assert e._lowp[64].trained_rows == 10
+    assert e._lowp[128].trained_rows == 10
     e.upsert(np.arange(10, 15, dtype=np.uint64), docs[10:15])
-    assert e._lowp[64].trained_rows == 10  # not doubled yet: encoded with the old ranges
+    assert e._lowp[128].trained_rows == 10  # not doubled yet: encoded with the old ranges
     e.upsert(np.arange(15, 1000, dtype=np.uint64), docs[15:1000])
-    assert e._lowp[64].trained_rows == 1000
-    assert e.lowp_nbytes() == e.stats().capacity * (32 + 64 + 128)
+    assert e._lowp[128].trained_rows == 1000
+    assert e.lowp_nbytes() == e.stats().capacity * 128
 
 
 def test_planner_prices_a_lowp_first_stage_below_float32():
+    assert planner.cost(((64, 100),), 384, 100_000, 1, "int8") == planner.cost(((64, 100),), 384, 100_000, 1)
     args = (((128, 100),), 384, 100_000, 1)
     assert planner.cost(*args, "int8") < planner.cost(*args, "float16") < planner.cost(*args)
     assert planner.cost(((256, 100),), 384, 100_000, 1, "int8") == planner.cost(((256, 100),), 384, 100_000, 1)
