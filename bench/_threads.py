@@ -30,8 +30,6 @@ def pin_loaded(threads: int) -> dict:
     Returns what is in force, for the results file.
     """
     info: dict = {"requested": threads, "env": {v: os.environ.get(v) for v in _VARS + ("OMP_WAIT_POLICY",)}}
-    from nestvec.cluster import topk  # the engine's top-k selection threads, like a shard's
-    topk.set_threads(threads)
     try:
         import faiss
         faiss.omp_set_num_threads(threads)

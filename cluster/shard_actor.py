@@ -179,7 +179,6 @@ def _limit_threads(n: int) -> None:
     """
     import threadpoolctl
 
-    from nestvec.cluster import kernels, topk
+    from nestvec.cluster import kernels
     threadpoolctl.threadpool_limits(n)
     kernels.set_threads(n)
-    topk.set_threads(n)

@@ -11,27 +11,7 @@ Three primitives, all vectorised over the query batch:
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
-
-# numpy's argpartition runs on one core but releases the GIL, so a batch's rows can be
-# selected on several threads (set_threads; a shard's thread budget). Measured on
-# 32 x 100k keys: 4.3 ms on one thread, 2.3 ms on two.
-_MIN_ROWS_PER_THREAD = 8
-_pool: ThreadPoolExecutor | None = None
-_threads = 1
-
-
-def set_threads(n: int) -> None:
-    """Threads top_columns may use for one batch (1: the calling thread only)."""
-    global _pool, _threads
-    n = max(1, int(n))
-    if n != _threads:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(n, thread_name_prefix="nestvec-topk") if n > 1 else None
-        _threads = n
 
 
 def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,15 +36,6 @@ def top_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
     id, exactly as a full sort would decide. Returns [Q, k] column indices sorted
     by (key desc, id asc). Uses one argpartition per row (O(N)), not a sort.
     """
-    parts = min(_threads, keys.shape[0] // _MIN_ROWS_PER_THREAD)
-    if parts > 1 and _pool is not None:
-        bounds = np.linspace(0, keys.shape[0], parts + 1).astype(int)
-        futures = [_pool.submit(_top_columns, keys[a:b], col_ids, k) for a, b in zip(bounds, bounds[1:])]
-        return np.concatenate([f.result() for f in futures])
-    return _top_columns(keys, col_ids, k)
-
-
-def _top_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
     n_queries, n = keys.shape
     k = min(k, n)
     if k == 0:

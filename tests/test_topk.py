@@ -170,17 +170,3 @@ def test_run_funnel_shortlist_changes_the_answer():
     no_funnel, _ = run_funnel(ids, stage_keys[..., 1:], [], 1)
     np.testing.assert_array_equal(no_funnel, [[3]])
 
-
-def test_top_columns_on_several_threads_equals_one_thread():
-    from nestvec.cluster import topk
-    rng = np.random.default_rng(7)
-    keys = rng.integers(0, 50, size=(40, 3000)).astype(np.float32)  # many ties across the cut
-    ids = rng.permutation(3000).astype(np.uint64)
-    topk.set_threads(1)
-    one = topk.top_columns(keys, ids, 25)
-    try:
-        topk.set_threads(3)
-        several = topk.top_columns(keys, ids, 25)
-    finally:
-        topk.set_threads(1)
-    np.testing.assert_array_equal(several, one)
