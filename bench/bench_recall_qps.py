@@ -43,12 +43,20 @@ def parse_args():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench_recall_qps")
     p.add_argument("--no-e2e", action="store_true", help="skip the gRPC end-to-end points")
+    p.add_argument("--replot", action="store_true", help="redraw the PNG from the last results, no run")
     p.add_argument("--e2e-shards", type=int, default=2, help="shards of the gRPC collections (default 2)")
     return p.parse_args()
 
 
 def main() -> None:
     a = parse_args()
+    if a.replot:
+        import json
+
+        import _common as C
+        r = json.loads((C.REPO / "bench" / "results" / f"{a.out}.json").read_text())
+        plot(r["points"], C.REPO / "docs" / "img" / "recall_vs_qps.png", r["docs"], a.threads)
+        return
     _threads.pin_env(a.threads)
     import numpy as np
 
@@ -197,7 +205,8 @@ def plot(points, out, n_docs, threads) -> None:
                     color=color, label=family, markersize=8 if marker == "*" else 6)
             for p in pts:
                 if family != "FAISS flat":
-                    ax.annotate(p["label"].split(" ", 1)[1], (p["recall"], p[f"qps_b{b}"]),
+                    short = p["label"].replace("funnel ", "").replace("flat ", "").replace("hnsw ", "")
+                    ax.annotate(short, (p["recall"], p[f"qps_b{b}"]),
                                 fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_yscale("log")
         ax.set_xlabel("recall@10 vs exact full-384 search")
