@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from nestvec.errors import InvalidArgument, NestvecError, NotFound, from_code
+from nestvec.errors import FailedPrecondition, InvalidArgument, NestvecError, NotFound, from_code
 
 _coordinators: dict = {}  # per worker process: namespace -> Coordinator (reused across batches)
 
@@ -134,7 +134,12 @@ def _dataset(kind: str, files: list[str], batch_rows: int, id_offset: int, colum
     """The input as a Ray Data dataset. The read asks for the same CPUs as the map after
     it, so Ray Data fuses them: each task reads its rows and upserts them itself,
     without passing the blocks through the object store first."""
-    import ray.data
+    try:
+        import ray.data
+        import pyarrow  # noqa: F401  (Ray Data's reads need it; fail here, clearly)
+    except ImportError as err:
+        raise FailedPrecondition(f"bulk jobs need Ray Data ({err.name} is missing): "
+                                 "pip install 'nestvec[data]'") from None
 
     if kind == "parquet":
         return ray.data.read_parquet(files, ray_remote_args={"num_cpus": task_cpus}).select_columns(columns)
