@@ -58,9 +58,7 @@ def _jsonable(v):
 
 def plot(res: LoadResult, path: str | pathlib.Path, title: str = "") -> None:
     """Latency percentiles over time (with throughput) and the latency histogram."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from matplotlib.ticker import ScalarFormatter
 
@@ -103,10 +101,7 @@ def plot(res: LoadResult, path: str | pathlib.Path, title: str = "") -> None:
 
 def plot_ramp(steps: list[dict], path: str | pathlib.Path, bound_ms: float, title: str = "") -> None:
     """p50/p99 and achieved throughput against the offered open-loop rate."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
@@ -128,3 +123,14 @@ def plot_ramp(steps: list[dict], path: str | pathlib.Path, bound_ms: float, titl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or a clear error without it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise OSError("--plot needs matplotlib: pip install 'nestvec[loadtest]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
