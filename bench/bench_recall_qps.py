@@ -163,7 +163,8 @@ class E2eCluster:
     def __init__(self, docs, configs, shards):
         import uuid
 
-        import ray  # noqa: F401  (started below, on loopback)
+        import numpy as np
+
         from nestvec.client import Client
         from nestvec.cluster.coordinator import Coordinator
         from nestvec.cluster.server import GatewayThread, start_ray
@@ -173,7 +174,7 @@ class E2eCluster:
         self.coord = Coordinator(namespace=ns, create_catalog=True)
         self.gateway = GatewayThread(self.coord, host="127.0.0.1", port=0)
         self.client = Client(self.gateway.address, timeout=300)
-        ids = __import__("numpy").arange(docs.shape[0], dtype="uint64")
+        ids = np.arange(docs.shape[0], dtype=np.uint64)
         for name, cfg in configs.items():
             self.client.create_collection(name, cfg.dim, cfg.metric, shards=shards,
                                           first_stage=cfg.first_stage)

@@ -205,15 +205,10 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
                               actor_name=s.actor_name, node_id=s.node_id, node_ip=s.node_ip,
                               memory_bytes=s.memory_bytes, rss_bytes=s.rss_bytes,
                               health=s.health, restarts=s.restarts,
-                              **{f: getattr(s, f) for f in _INDEX_FIELDS})
+                              **{f: getattr(s, f) for f in wire.SHARD_INDEX_FIELDS})
                     for s in info.shard_info],
         index=({"type": info.index.type, "dim": info.index.dim, "m": info.index.m,
                 "ef_construction": info.index.ef_construction} if info.HasField("index") else None))
-
-
-_INDEX_FIELDS = ("index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds",
-                 "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason",
-                 "index_fallback_queries")
 
 
 def rpc_error(err) -> NestvecError:

@@ -75,7 +75,8 @@ class ShardEngine:
                       if d <= FAST_PREFIX_MAX_DIM and d < self.dim}
         # first_stage="float16"/"int8": low-precision copies for funnel shortlists (lowp.py)
         self._lowp = {} if config.first_stage == "float32" else {
-            int(d): QuantizedPrefix(int(d), config.first_stage, cap) for d in self.nested
+            int(d): QuantizedPrefix(int(d), config.first_stage, cap, l2=self.metric == "l2")
+            for d in self.nested
             if has_copy(int(d), self.dim)}
         self._n = 0                                       # rows in use (live + dead)
         self._index_ids = np.empty(0, dtype=np.uint64)    # sorted live ids
@@ -266,7 +267,7 @@ class ShardEngine:
         q = np.ascontiguousarray(queries[:, : lp.dim], dtype=np.float32)
         if self.metric == "cosine":
             q = _unit_rows(q)  # the copy's rows are unit length at their width
-        rows = lp.search(q, self._n, k + dead, self.metric == "l2")[1]
+        rows = lp.search(q, self._n, k + dead)[1]
         if dead:  # stable: live rows first, in FAISS's order
             rows = np.take_along_axis(rows, np.argsort(~self._alive[rows], axis=1, kind="stable"), axis=1)
         return rows[:, :k]
@@ -274,6 +275,7 @@ class ShardEngine:
     def lowp_nbytes(self) -> int:
         """Memory held by the low-precision first-stage copies."""
         return sum(lp.nbytes() for lp in self._lowp.values())
+
     def rescore_ids(self, queries: np.ndarray, ids: np.ndarray, dims: list[int]
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact keys of candidate ids ([Q, M], e.g. from an ANN graph) at each of `dims`.
@@ -383,20 +385,23 @@ class ShardEngine:
             prev = d
         self._sqnorms[rows] = out
         for j, d in enumerate(self.nested.tolist()):
-            if d in self._fast:
-                block = vectors[:, :d]
-                self._fast[d][rows] = block * _inv_sqrt(out[:, j])[:, None] if self.metric == "cosine" else block
-            lp = self._lowp.get(d)
-            if lp is None:
+            fast, lp = self._fast.get(d), self._lowp.get(d)
+            if fast is None and lp is None:
                 continue
-            if lp.needs_training(self._n):  # new ranges: re-encode every stored row
+            block = vectors[:, :d]
+            if self.metric == "cosine":  # the copies hold rows unit length at their width
+                block = block * _inv_sqrt(out[:, j])[:, None]
+            if fast is not None:
+                fast[rows] = block
+            if lp is None:
+                pass
+            elif lp.needs_training(self._n):  # new ranges: re-encode every stored row
                 lp.train(self._prefix_rows(slice(0, self._n), d, j))
                 for s in range(0, self._n, 65536):
                     chunk = slice(s, min(self._n, s + 65536))
                     lp.write(chunk, self._prefix_rows(chunk, d, j))
             else:
-                lp.write(rows, vectors[:, :d] * _inv_sqrt(out[:, j])[:, None]
-                         if self.metric == "cosine" else vectors[:, :d])
+                lp.write(rows, block)
 
     def _prefix_rows(self, rows, dim: int, j: int) -> np.ndarray:
         """Stored rows at prefix `dim` (nested dim number j), unit length under cosine."""

@@ -162,11 +162,6 @@ def _index_spec(spec) -> dict | None:
             "ef_construction": spec.ef_construction}
 
 
-_INDEX_FIELDS = ("index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds",
-                 "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason",
-                 "index_fallback_queries")
-
-
 def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> pb.CollectionInfo:
     info = pb.CollectionInfo(name=cfg.name, dim=cfg.dim, metric=wire.METRIC_TO_WIRE[cfg.metric],
                              nested_dims=list(cfg.nested_dims), shards=cfg.shards,
@@ -183,7 +178,7 @@ def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> 
                             node_ip=s.get("node_ip", ""), memory_bytes=s.get("memory_bytes", 0),
                             rss_bytes=s.get("rss_bytes", 0), health=s.get("health", "SERVING"),
                             restarts=s.get("restarts", 0),
-                            **{f: s[f] for f in _INDEX_FIELDS if f in s})
+                            **{f: s[f] for f in wire.SHARD_INDEX_FIELDS if f in s})
         info.vectors += s["vectors"]
     return info
 

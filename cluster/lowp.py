@@ -33,13 +33,13 @@ LOWP_MAX_DIM = 128        # nested dims up to this (and below the full dim) get 
 # (engine.FAST_PREFIX_MAX_DIM), which scan faster than the scalar-quantizer SIMD
 # scan (bench_recall_qps, corpusA: 2,239 vs 1,267 QPS for 64 dims keep 200).
 LOWP_MIN_DIM = 64
+INT8_MARGIN = 0.05        # each range widened by this fraction of its span on each side
+SIMD_MAX_BATCH = 8        # above this a float32 BLAS product is faster than the SIMD scan
 
 
 def has_copy(d: int, dim: int) -> bool:
     """Whether a collection of `dim` keeps a low-precision copy of nested dim `d`."""
     return LOWP_MIN_DIM < d <= LOWP_MAX_DIM and d < dim
-INT8_MARGIN = 0.05        # each range widened by this fraction of its span on each side
-SIMD_MAX_BATCH = 8        # above this a float32 BLAS product is faster than the SIMD scan
 
 
 def lowp_overfetch(keep: int) -> int:
@@ -54,17 +54,17 @@ def lowp_overfetch(keep: int) -> int:
 class QuantizedPrefix:
     """One prefix width's low-precision rows, [capacity, dim], and its search kernels."""
 
-    def __init__(self, dim: int, precision: str, capacity: int):
+    def __init__(self, dim: int, precision: str, capacity: int, l2: bool = False):
         if precision not in ("float16", "int8"):
             raise ValueError(f"no low-precision copy for {precision!r}")
         self.dim = dim
         self.precision = precision
+        self.l2 = l2  # scan by squared l2 distance (lower first), else by inner product
         self.codes = np.zeros((capacity, dim), dtype=np.uint8 if precision == "int8" else np.float16)
         self.vmin: np.ndarray | None = None   # int8: per-dimension range
         self.vdiff: np.ndarray | None = None
         self.trained_rows = 0
         self._index = None                    # FAISS index over codes[:n]; None after a write
-        self._index_rows = 0
 
     # ----- writes ---------------------------------------------------------------
     def needs_training(self, rows_now: int) -> bool:
@@ -115,26 +115,23 @@ class QuantizedPrefix:
         """Whether a batch of this many queries shortlists here (else exactly, in float32)."""
         return kernels.available() and batch <= SIMD_MAX_BATCH
 
-    def search(self, q: np.ndarray, n: int, k: int, l2: bool) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's SIMD scan over codes[:n]: (scores [Q, k], rows [Q, k]); inner products
-        (higher first) or squared l2 distances (lower first) to the decoded rows."""
-        index = self._faiss_index(n, l2)
+        (higher first) or, with l2, squared distances (lower first) to the decoded rows."""
+        index = self._faiss_index(n)
         return index.search(np.ascontiguousarray(q, dtype=np.float32), k)
 
-    def _faiss_index(self, n: int, l2: bool):
+    def _faiss_index(self, n: int):
         # Rebuilt from the codes after any write (a copy of n * dim bytes), then reused.
-        if self._index is None or self._index_rows != n or self._index.metric_type != _metric(l2):
+        if self._index is None or self._index.ntotal != n:
             faiss = kernels.faiss
             qt = (faiss.ScalarQuantizer.QT_8bit if self.precision == "int8"
                   else faiss.ScalarQuantizer.QT_fp16)
-            index = faiss.IndexScalarQuantizer(self.dim, qt, _metric(l2))
+            metric = faiss.METRIC_L2 if self.l2 else faiss.METRIC_INNER_PRODUCT
+            index = faiss.IndexScalarQuantizer(self.dim, qt, metric)
             if self.precision == "int8":
                 faiss.copy_array_to_vector(np.concatenate([self.vmin, self.vdiff]), index.sq.trained)
                 index.is_trained = True
             index.add_sa_codes(np.ascontiguousarray(self.codes[:n]).view(np.uint8))
-            self._index, self._index_rows = index, n
+            self._index = index
         return self._index
-
-
-def _metric(l2: bool):
-    return kernels.faiss.METRIC_L2 if l2 else kernels.faiss.METRIC_INNER_PRODUCT

@@ -67,7 +67,7 @@ def test_faiss_scan_scores_the_decoded_codes(data, precision, metric):
     if metric == "cosine":
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
     l2 = metric == "l2"
-    got_scores, got_rows = lp.search(q, e._n, 50, l2)
+    got_scores, got_rows = lp.search(q, e._n, 50)  # the engine made lp with its metric
     x = lp.decode(0, e._n).astype(np.float64)  # the numpy oracle: score the decoded rows
     want = ((q.astype(np.float64)[:, None, :] - x[None]) ** 2).sum(-1) if l2 else q.astype(np.float64) @ x.T
     np.testing.assert_allclose(got_scores, np.take_along_axis(want, got_rows, axis=1), rtol=1e-4, atol=1e-4)

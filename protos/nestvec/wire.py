@@ -16,6 +16,10 @@ METRIC_FROM_WIRE = {v: k for k, v in METRIC_TO_WIRE.items()}
 PRECISION_TO_WIRE = {"float32": pb.PRECISION_FLOAT32, "float16": pb.PRECISION_FLOAT16,
                      "int8": pb.PRECISION_INT8}
 PRECISION_FROM_WIRE = {v: k for k, v in PRECISION_TO_WIRE.items()}
+# ShardInfo's ANN index fields (fields 40-50), named alike in the shard's stats and the SDK
+SHARD_INDEX_FIELDS = ("index_state", "index_progress", "index_dim", "index_bytes",
+                      "index_build_seconds", "index_vectors", "index_deleted", "index_builds",
+                      "index_loaded", "index_reason", "index_fallback_queries")
 
 
 def encode_matrix(values, dtype: str = "float32") -> pb.Matrix:
