@@ -398,26 +398,24 @@ class Coordinator:
                 cached = (planner.Curve.from_dict(stored), 0.0)
         if cached is not None and time.monotonic() - cached[1] < 10:
             return cached[0]
-        live, index_dim = yield from self._live_count(c, with_index=True)
+        live, index_dim = yield from self._live_count(c)
         if cached is not None and not cached[0].stale(live) and cached[0].index_dim == index_dim:
             self._curves[key] = (cached[0], time.monotonic())
             return cached[0]
         curve = yield from self._calibrate(c, k, None)
         return curve
 
-    def _live_count(self, c: _Collection, with_index: bool = False):
-        """Sub-plan: live vectors (and, `with_index`, the dim of an ANN graph serving on
-        every shard, 0 if some shard has none)."""
+    def _live_count(self, c: _Collection):
+        """Sub-plan: (live vectors, the dim of an ANN graph serving on every shard, 0 if
+        some shard has none)."""
         stats = yield Fanout([(h.stats, ()) for h in c.shards])
         live = int(sum(s["vectors"] for s in stats))
-        if not with_index:
-            return live
         ready = all(s.get("index_state") in ("ready", "stale") for s in stats)
         return live, int(stats[0].get("index_dim", 0)) if ready else 0
 
     def _calibrate(self, c: _Collection, k: int, queries):
         cfg, name = c.config, c.config.name
-        live, index_dim = yield from self._live_count(c, with_index=True)
+        live, index_dim = yield from self._live_count(c)
         if live <= k:
             raise InvalidArgument(f"collection {name!r} has {live} vectors: too few to calibrate at k={k}")
         own = None
