@@ -218,8 +218,8 @@ class ShardEngine:
         scores, rows = kernels.knn(x[: self._n], q, k + 1 + dead, l2=self.metric == "l2")
         # l2 keys are |q|^2 - distance (the scan's 2 q.x - |x|^2): keys_to_scores undoes it
         keys = (np.einsum("ij,ij->i", q, q)[:, None] - scores) if self.metric == "l2" else scores
-        if dead:  # stable: live rows first, in FAISS's order
-            live_first = np.argsort(~self._alive[rows], axis=1, kind="stable")[:, : k + 1]
+        if dead:
+            live_first = self._live_first(rows)[:, : k + 1]
             rows = np.take_along_axis(rows, live_first, axis=1)
             keys = np.take_along_axis(keys, live_first, axis=1)
         order = np.lexsort((self._row_ids[rows], -keys), axis=1)
@@ -268,9 +268,14 @@ class ShardEngine:
         if self.metric == "cosine":
             q = _unit_rows(q)  # the copy's rows are unit length at their width
         rows = lp.search(q, self._n, k + dead)[1]
-        if dead:  # stable: live rows first, in FAISS's order
-            rows = np.take_along_axis(rows, np.argsort(~self._alive[rows], axis=1, kind="stable"), axis=1)
+        if dead:
+            rows = np.take_along_axis(rows, self._live_first(rows), axis=1)
         return rows[:, :k]
+
+    def _live_first(self, rows: np.ndarray) -> np.ndarray:
+        """Per row of a FAISS answer over all rows (dead ones too), the order that puts
+        live rows first and keeps FAISS's order among them (a stable sort)."""
+        return np.argsort(~self._alive[rows], axis=1, kind="stable")
 
     def lowp_nbytes(self) -> int:
         """Memory held by the low-precision first-stage copies."""
