@@ -14,6 +14,10 @@ recover from disk before answering) until the request's deadline or the retry
 window ends; then the request fails with UNAVAILABLE, or, for a search that
 allows partial results, returns what the live shards found and names the rest.
 
+Searches to shards on this coordinator's own Ray node skip the Ray task and go
+over the shard's Unix socket (direct.py, ~15 us instead of ~0.5-1.4 ms); if a
+socket fails, that call falls back to Ray, which then handles the fault as above.
+
 Shard and catalog actors are detached: a non-detached actor dies when the last
 handle to it goes away, so evicting a cache entry in one gateway would kill a
 shard every other gateway and Ray job still uses. They end when their
@@ -38,6 +42,7 @@ from nestvec.cluster import collection as col
 from nestvec.cluster import datadir, planner
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.direct import MAX_QUERY_BYTES, DirectClient, DirectUnavailable
 from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
 from nestvec.cluster.placement import Placement
 from nestvec.cluster.engine import SearchResult, keys_to_scores
@@ -80,6 +85,11 @@ class Fanout:
     partial_ok: bool = False   # a call whose actor stays down yields None instead of failing
     retry: bool = True         # re-issue calls whose actor died (durable shards restart)
     deadline: bool = False     # pass the request's wall-clock deadline (shard data calls)
+    # Searches only: per call, the shard's DirectClient (None: use Ray), the
+    # (queries, plan) to send it, and what to do when a socket fails.
+    direct: list | None = None
+    direct_args: tuple = ()
+    on_direct_down: Callable[[], None] | None = None
 
 
 Plan = Generator[Fanout, list, Any]
@@ -109,6 +119,7 @@ class ClusterSearchResult(SearchResult):
 class _Collection:
     config: CollectionConfig
     shards: list  # ShardActor handles, index = shard number
+    direct: list | None = None  # per shard, a DirectClient or None (not on this node); None: ask
 
 
 def _both(plan_method: Callable[..., Plan]):
@@ -144,8 +155,11 @@ class Coordinator:
                  create_catalog: bool = False, data_dir: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05,
                  limits: Limits = DEFAULT_LIMITS, shard_threads: int = 1,
-                 placement: Placement | None = None):
+                 placement: Placement | None = None, direct: bool = True):
+        """`direct=False` sends every search through Ray (to compare, or to debug)."""
         self.namespace = namespace
+        self.direct = direct
+        self._node_id = ray.get_runtime_context().get_node_id()
         self.limits = limits
         self.default_shards = default_shards
         if create_catalog:
@@ -363,9 +377,12 @@ class Coordinator:
         if _record and queries.shape[1] == c.config.dim:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
             rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
-        q_arg = ray.put(queries) if queries.nbytes > _INLINE_BYTES else queries
+        direct = (yield from self._direct_clients(c)) if queries.nbytes <= MAX_QUERY_BYTES else None
+        big = queries.nbytes > _INLINE_BYTES and not (direct and all(direct))
+        q_arg = ray.put(queries) if big else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
-                             partial_ok=allow_partial, deadline=True)
+                             partial_ok=allow_partial, deadline=True, direct=direct,
+                             direct_args=(queries, plan), on_direct_down=functools.partial(self._forget_direct, c))
         missing = [i for i, p in enumerate(parts) if p is None]
         live = [p for p in parts if p is not None]
         if not live:
@@ -474,6 +491,30 @@ class Coordinator:
         if all(h is not None for h in handles):  # look a missing shard up again next time
             self._cache[name] = c
         return c
+
+    def _direct_clients(self, c: _Collection):
+        """Sub-plan: the shards' direct channels (None for shards on other nodes), asked once."""
+        if not self.direct:
+            return None
+        if c.direct is None:
+            try:
+                addrs = yield Fanout([(h.direct_address, ()) for h in c.shards], partial_ok=True, retry=False)
+            except Exception:  # e.g. a shard from an older nestvec without the call: use Ray
+                addrs = [None] * len(c.shards)
+            clients = [DirectClient(a["path"], a["token"]) if a and a["node_id"] == self._node_id else None
+                       for a in addrs]
+            if all(a is not None for a in addrs):  # a shard that did not answer is asked again later
+                c.direct = clients
+            return clients
+        return c.direct
+
+    @staticmethod
+    def _forget_direct(c: _Collection) -> None:
+        """A socket failed (its shard restarted, or died): ask the shards again next time."""
+        old, c.direct = c.direct, None
+        for client in old or ():
+            if client is not None:
+                client.close()
 
     def _refresh_config(self, c: _Collection):
         """Sub-plan: re-read the collection's config (its index spec can change) from the catalog."""
@@ -618,9 +659,68 @@ def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
         return stop.value
 
 
+def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
+    """Run the calls that have a direct channel (send all, then read all); returns the
+    indices left for Ray: those without a channel and those whose socket failed."""
+    queries, plan = fan.direct_args
+    todo, sent = [], []
+    try:
+        for i, client in enumerate(fan.direct):
+            if client is None:
+                todo.append(i)
+                continue
+            try:
+                sent.append((i, client, client.send(queries, plan, deadline.wall_end, deadline.remaining())))
+            except DirectUnavailable:
+                todo.append(i)
+        while sent:
+            i, client, conn = sent.pop(0)
+            try:
+                results[i] = client.receive(conn)
+            except DirectUnavailable:
+                todo.append(i)
+    finally:
+        for _, client, conn in sent:  # a shard's error ended the round: drop the unread replies
+            client.abandon(conn)
+    if len(todo) > fan.direct.count(None) and fan.on_direct_down:
+        fan.on_direct_down()
+    return sorted(todo)
+
+
+async def _direct_async(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
+    """The asyncio twin of _direct_sync."""
+    queries, plan = fan.direct_args
+    idx = [i for i, client in enumerate(fan.direct) if client is not None]
+    todo = [i for i, client in enumerate(fan.direct) if client is None]
+    calls = [fan.direct[i].asearch(queries, plan, deadline.wall_end) for i in idx]
+    if len(calls) == 1:  # the common single-shard case: no gather task
+        try:
+            got = [await asyncio.wait_for(calls[0], deadline.remaining())]
+        except DirectUnavailable as err:
+            got = [err]
+    else:
+        got = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), deadline.remaining())
+    failed = False
+    for i, r in zip(idx, got):
+        if isinstance(r, DirectUnavailable):
+            todo.append(i)
+            failed = True
+        elif isinstance(r, BaseException):
+            raise r
+        else:
+            results[i] = r
+    if failed and fan.on_direct_down:
+        fan.on_direct_down()
+    return sorted(todo)
+
+
 def _gather_sync(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
+    if fan.direct:
+        todo = _direct_sync(fan, deadline, results)
+        if not todo:
+            return results
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
         if not any(isinstance(r, _ACTOR_DOWN) for r in refs):
@@ -663,6 +763,10 @@ async def _run_async(plan: Plan, timeout: float | None, retry_window: float) -> 
 async def _gather_async(fan: Fanout, deadline: _Deadline) -> list:
     results: list = [None] * len(fan.calls)
     todo, backoff = list(range(len(fan.calls))), 0.05
+    if fan.direct:
+        todo = await _direct_async(fan, deadline, results)
+        if not todo:
+            return results
     while True:
         refs = [_issue(fan.calls[i], fan.deadline and deadline.wall_end) for i in todo]
         gathered = asyncio.gather(*[_failed(r) if isinstance(r, _ACTOR_DOWN) else r for r in refs],

@@ -1,8 +1,11 @@
 """ShardActor: a thin Ray actor around one shard (a DurableShard, or an in-memory engine).
 
 It adds nothing to the math; it gives the shard a name in a Ray namespace so
-any gateway or Ray job can find it, and runs its calls one at a time (Ray's
-default for a synchronous actor), so the engine needs no locks. With a data
+any gateway or Ray job can find it. Ray runs its calls one at a time (a
+synchronous actor); the shard also answers searches from coordinators on its
+own node over a Unix socket (direct.py), on that server's threads, so every
+call that touches the engine takes the actor's lock and calls still run one at
+a time, whichever way they came. With a data
 directory it is created with max_restarts, and Ray's restart re-runs
 __init__, which recovers the shard from disk before any call is served.
 
@@ -11,7 +14,9 @@ engine; its builds run in a background thread while calls keep being served.
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 
 import numpy as np
@@ -20,6 +25,7 @@ import ray
 from nestvec.cluster import ann_shard
 from nestvec.cluster.ann_shard import ShardAnn
 from nestvec.cluster.collection import CollectionConfig, IndexSpec, SearchPlan
+from nestvec.cluster.direct import DirectServer
 from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
 from nestvec.errors import DeadlineExceeded, FailedPrecondition
@@ -31,11 +37,22 @@ def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
     return f"{cfg.name}.{cfg.uid}/shard-{shard}"
 
 
+def _locked(method):
+    """Run under the actor's lock: Ray's call thread and the direct-search threads
+    must not use the engine at the same time."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 @ray.remote(num_cpus=0)  # STACK-NOTES: whole-CPU requests starve a 2-CPU node of actors
 class ShardActor:
     def __init__(self, config: dict, shard: int, directory: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05, threads: int = 1):
         _limit_threads(threads)
+        self._lock = threading.Lock()
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
         self.directory = directory
@@ -49,6 +66,8 @@ class ShardActor:
         if spec is not None and self.ann.graph is None:
             self.ann.start_build(self.engine, f"start: {self.ann.load_problem or 'new shard'}")
         self.was_restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.direct = DirectServer(self._direct_search)
+        self.direct_searches = 0
 
     def ready(self) -> bool:
         return True
@@ -65,6 +84,16 @@ class ShardActor:
     # Data calls take the request's wall-clock deadline: a call that waited in
     # this actor's queue past it returns at once without touching anything, so an
     # expired or abandoned request stops costing work (and a late write is not applied).
+    def direct_address(self) -> dict:
+        """Where coordinators on this node send searches (direct.py): node, socket path, token."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), **self.direct.address()}
+
+    def _direct_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None):
+        with self._lock:
+            self.direct_searches += 1
+            return self._search_keys(queries, plan, deadline)
+
+    @_locked
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, deadline: float | None = None) -> int:
         _check_deadline(deadline)
         if self.store:
@@ -73,6 +102,7 @@ class ShardActor:
         self.ann.upsert(ids, vectors)
         return n
 
+    @_locked
     def delete(self, ids: np.ndarray, deadline: float | None = None) -> int:
         _check_deadline(deadline)
         if self.store:
@@ -81,14 +111,19 @@ class ShardActor:
         self.ann.delete(ids, self.engine)
         return n
 
+    @_locked
     def get(self, ids: np.ndarray, dim: int, deadline: float | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
         _check_deadline(deadline)
         return self.engine.get(ids, dim)
 
+    @_locked
     def search_keys(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, keys), or funnel candidates with per-stage keys, for the merge."""
+        return self._search_keys(queries, plan, deadline)
+
+    def _search_keys(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None):
         _check_deadline(deadline)
         if plan.ann_candidates:
             if self.ann.spec is None:
@@ -101,6 +136,7 @@ class ShardActor:
             return cand.ids, cand.keys
         return self.engine.top_keys(queries, plan.k, plan.dim)
 
+    @_locked
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Up to n random live (ids, vectors), for funnel calibration."""
         ids = self.engine.ids()
@@ -108,6 +144,7 @@ class ShardActor:
         found, vectors = self.engine.get(ids[pick])
         return ids[pick][found], vectors
 
+    @_locked
     def create_index(self, spec: dict) -> dict:
         """Adopt an index spec and build its graph in the background; returns the index status."""
         spec = IndexSpec.from_dict(spec)
@@ -124,6 +161,7 @@ class ShardActor:
         self.ann.wait(timeout)
         return self.ann.status()
 
+    @_locked
     def checkpoint(self) -> None:
         """Snapshot now (clean shutdown), so the next start replays no log."""
         if self.store and self.store.wal.bytes:
@@ -137,6 +175,7 @@ class ShardActor:
         except Exception:
             return int(bool(self.was_restarted))
 
+    @_locked
     def stats(self) -> dict:
         s = self.engine.stats()
         ctx = ray.get_runtime_context()
@@ -148,6 +187,7 @@ class ShardActor:
                "node_ip": ray.util.get_node_ip_address(),
                "memory_bytes": self.engine.memory_bytes(), "rss_bytes": _rss_bytes(),
                "health": "RECOVERED" if (restarts or self.was_restarted) else "SERVING",
+               "direct_searches": self.direct_searches,
                **self.ann.status()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
