@@ -21,7 +21,6 @@ message) then the ids' and keys' bytes. No pickle: a peer can send only data.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import json
 import os
@@ -81,7 +80,9 @@ def _arrays(header: dict, data: memoryview, names: tuple[str, ...]) -> list[np.n
 
 def encode_request(queries: np.ndarray, plan: SearchPlan, deadline: float | None) -> list[bytes]:
     header = {"queries": [list(queries.shape), queries.dtype.str],
-              "plan": dataclasses.asdict(plan), "deadline": deadline}
+              "plan": {"k": plan.k, "dim": plan.dim, "stages": plan.stages,
+                       "ann_candidates": plan.ann_candidates, "ef": plan.ef},
+              "deadline": deadline}
     return _pack(header, queries)
 
 
