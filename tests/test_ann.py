@@ -132,6 +132,64 @@ def test_dead_fraction_rebuild_keeps_answers_correct(corpus):
     assert ann.graph.live == len(eng) and ann.graph.dead_fraction() < ann_shard.REBUILD_DEAD_FRACTION
 
 
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("dense_ids", [True, False])
+def test_single_query_rescore_is_exact(corpus, metric, dense_ids):
+    """The one-query re-rank path (and the dense id table) give the batched path's exact keys."""
+    docs = corpus["docs"][:3000].copy()
+    docs[7, :64] = 0  # a zero prefix: cosine 0 at dims <= 64
+    ids = np.arange(3000, dtype=np.uint64)
+    if not dense_ids:  # ids far apart: the engine keeps no id table and binary-searches
+        ids = ids * 1_000_003 + 2**40
+    eng = ShardEngine(CollectionConfig.create("r", 384, metric))
+    eng.upsert(ids, docs)
+    eng.delete(ids[::5])
+    assert (eng._row_table() is not None) == dense_ids
+    cand = np.random.default_rng(1).choice(ids, size=(1, 80), replace=False)
+    cand[0, :3] = [ids[7], ids[5], ids[-1] + 10]  # zero prefix, deleted, never stored
+    dims = [48, 64, 384]
+    for q in corpus["queries"][:4]:
+        found, keys = eng.rescore_ids(q[None], cand, dims)
+        found2, keys2 = eng.rescore_ids(np.stack([q, q]), np.repeat(cand, 2, axis=0), dims)
+        np.testing.assert_array_equal(found[0], found2[1])
+        np.testing.assert_allclose(keys[0], keys2[1], rtol=1e-6, atol=1e-6)
+        pos = np.searchsorted(ids, cand[0])
+        stored = (ids[np.minimum(pos, ids.size - 1)] == cand[0]) & (pos % 5 != 0)
+        np.testing.assert_array_equal(found[0], stored)
+        assert np.isneginf(keys[0][~stored]).all()
+        x = docs[pos[stored]].astype(np.float64)
+        for j, d in enumerate(dims):
+            xd, qd = x[:, :d], q[:d].astype(np.float64)
+            if metric == "cosine":
+                nx = np.linalg.norm(xd, axis=1)
+                want = np.where(nx > 0, xd @ qd / np.where(nx > 0, nx, 1), 0) / np.linalg.norm(qd)
+            elif metric == "dot":
+                want = xd @ qd
+            else:  # l2 keys: 2 q.x - |x|^2 (the distance without |q|^2, negated)
+                want = 2 * xd @ qd - (xd * xd).sum(1)
+            np.testing.assert_allclose(keys[0][stored, j], want, rtol=1e-5, atol=1e-5)
+    eng.upsert(ids[:1] + 2**50, docs[:1])  # a far id: the table is dropped, lookups still right
+    found, _ = eng.rescore_ids(corpus["queries"][:1], (ids[:4] + 0)[None], [384])
+    np.testing.assert_array_equal(found[0], [False, True, True, True])
+    assert eng._row_table() is None
+
+
+def test_single_query_merge_orders_like_the_batched_merge():
+    """merge_shard_results' one-query path: (key desc, id asc), ties by id, as for a batch."""
+    rng = np.random.default_rng(0)
+    plan = plan_search(CollectionConfig.create("m", 8, "cosine"), 8, 5)
+    for _ in range(50):
+        ids = rng.permutation(40).astype(np.uint64)[None, :30]
+        keys = rng.integers(0, 4, size=(1, 30)).astype(np.float32)  # many ties
+        one = merge_shard_results("cosine", np.ones((1, 8), np.float32), plan, [(ids, keys)])
+        two = merge_shard_results("cosine", np.ones((2, 8), np.float32), plan,
+                                  [(np.repeat(ids, 2, 0), np.repeat(keys, 2, 0))])
+        np.testing.assert_array_equal(one.ids[0], two.ids[1])
+        np.testing.assert_array_equal(one.scores[0], two.scores[1])
+        order = sorted(zip((-keys[0]).tolist(), ids[0].tolist()))[:5]
+        assert one.ids[0].tolist() == [i for _, i in order]
+
+
 def test_snapshot_keeps_the_graph_and_recovery_does_not_rebuild(corpus, tmp_path):
     cfg = CollectionConfig.create("p", 384, "cosine", index={"dim": 64})
     docs, queries = corpus["docs"], corpus["queries"][:100]
