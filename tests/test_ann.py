@@ -174,6 +174,24 @@ def test_single_query_rescore_is_exact(corpus, metric, dense_ids):
     assert eng._row_table() is None
 
 
+def test_default_index_and_candidates_reach_recall_on_one_shard(corpus):
+    """All of corpusA in one shard (fewer candidates in total than two shards re-rank), one
+    query at a time: the default graph prefix and candidate count reach recall@10 0.95."""
+    cfg = CollectionConfig.create("one", 384, "cosine", index={"type": "hnsw"})
+    eng = ShardEngine(cfg, initial_capacity=len(corpus["docs"]))
+    eng.upsert(np.arange(len(corpus["docs"]), dtype=np.uint64), corpus["docs"])
+    ann = ShardAnn(cfg.index, "cosine", threads=2)
+    ann.start_build(eng, "test")
+    assert ann.wait(600) and ann.graph is not None and ann.graph.params.dim == 128
+    queries = corpus["queries"]
+    plan = plan_search(cfg, 384, 10, ann=True)
+    found = np.vstack([merge_shard_results("cosine", q[None], plan,
+                                           [ann_shard.search_keys(eng, ann, q[None], plan)]).ids
+                       for q in queries])
+    rec = _recall(found.astype(np.int64), corpus["gt_ids"][:, :10])
+    assert rec >= 0.95, f"recall@10 {rec:.3f} at the default ({plan.ann_candidates} candidates)"
+
+
 def test_single_query_merge_orders_like_the_batched_merge():
     """merge_shard_results' one-query path: (key desc, id asc), ties by id, as for a batch."""
     rng = np.random.default_rng(0)
@@ -231,11 +249,11 @@ def test_snapshot_keeps_the_graph_and_recovery_does_not_rebuild(corpus, tmp_path
 # ----- through Ray and gRPC -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus_ann(gateway, coordinator, corpus):
-    """All of corpusA in a 2-shard collection with the default index (hnsw on 64 dims)."""
+    """All of corpusA in a 2-shard collection with the default index (hnsw on 128 dims)."""
     name = f"ann-corpusA-{uuid.uuid4().hex[:6]}"
     with Client(gateway.address, timeout=300) as c:
-        info = c.create_collection(name, 384, "cosine", shards=2, index={"type": "hnsw", "dim": 64})
-        assert info.index == {"type": "hnsw", "dim": 64, "m": 16, "ef_construction": 200}
+        info = c.create_collection(name, 384, "cosine", shards=2, index={"type": "hnsw"})
+        assert info.index == {"type": "hnsw", "dim": 128, "m": 16, "ef_construction": 200}
         c.upsert(name, np.arange(len(corpus["docs"])), corpus["docs"])
         shards = _wait_ready(c, name, 600)
     yield name, shards
@@ -245,7 +263,7 @@ def corpus_ann(gateway, coordinator, corpus):
 def test_recall_at_defaults_on_corpusA(corpus_ann, client, corpus):
     name, shards = corpus_ann
     assert sum(s.index_vectors for s in shards) == len(corpus["docs"])
-    assert all(s.index_dim == 64 and s.index_bytes > 0 and s.index_build_seconds > 0 for s in shards)
+    assert all(s.index_dim == 128 and s.index_bytes > 0 and s.index_build_seconds > 0 for s in shards)
     queries = corpus["queries"]
     res = client.search(name, queries, k=10, ann=True)
     rec = _recall(res.ids.astype(np.int64), corpus["gt_ids"][:, :10])
