@@ -176,9 +176,14 @@ class ShardEngine:
         """All live ids, sorted."""
         return self._index_ids.copy()
 
-    def live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps."""
-        return self._index_ids.copy(), self._vectors[self._index_rows]
+    def live_arrays(self, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps.
+
+        `dim` copies only a prefix (a graph build needs no more).
+        """
+        if dim is None or dim >= self.dim:
+            return self._index_ids.copy(), self._vectors[self._index_rows]
+        return self._index_ids.copy(), self._vectors[self._index_rows, :dim]
 
     def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
         """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
