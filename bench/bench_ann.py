@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=0, help="also run a noise-perturbed set of N vectors")
     p.add_argument("--noise", type=float, default=0.5, help="perturbation size (see make_scaled)")
     p.add_argument("--no-corpus", action="store_true", help="skip the plain corpusA run")
+    p.add_argument("--no-faiss", action="store_true",
+                   help="skip the FAISS HNSW baseline (its build is the longest at 1M vectors)")
     p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the path through the in-process Coordinator (Ray)")
     p.add_argument("--e2e-prefix", type=int, default=128)
@@ -250,7 +252,9 @@ def best_at(points: list[dict], target: float = 0.95) -> dict | None:
 
 def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a) -> dict:
     log(f"=== {label}: {x.shape[0]} x {x.shape[1]}, {queries.shape[0]} queries, {a.threads} threads ===")
-    methods = [bench_hnswlib(x, queries, truth, a), bench_faiss(x, queries, truth, a)]
+    methods = [bench_hnswlib(x, queries, truth, a)]
+    if not a.no_faiss:
+        methods.append(bench_faiss(x, queries, truth, a))
     engine = None
     for p in a.prefixes:
         res, engine = bench_nestvec(x, queries, truth, p, a, engine)
