@@ -301,7 +301,7 @@ class ShardEngine:
             return (np.zeros(ids.shape, dtype=bool),
                     np.full(ids.shape + (len(dims),), -np.inf, np.float32))
         table = self._row_table()
-        if table is not None and ids.max() < table.size:  # dense ids: one gather, no search
+        if table is not None and ids.size and ids.max() < table.size:  # dense ids: one gather
             rows = table[ids]
             found = rows >= 0
             if not found.all():
@@ -396,7 +396,7 @@ class ShardEngine:
                 # exact cosine: x.q / (|x_d| |q_d|), both norms in float64 as in _rescore
                 qd = query[:d].astype(np.float64)
                 sq = self._prefix_sqnorms(rows, d, x) * float(qd @ qd)
-                if sq.min() > 0:  # else _inv_sqrt gives a zero prefix its cosine of 0
+                if not sq.size or sq.min() > 0:  # else _inv_sqrt gives a zero prefix cosine 0
                     np.sqrt(sq, out=sq)
                     dots /= sq
                 else:

@@ -168,6 +168,9 @@ def test_single_query_rescore_is_exact(corpus, metric, dense_ids):
             else:  # l2 keys: 2 q.x - |x|^2 (the distance without |q|^2, negated)
                 want = 2 * xd @ qd - (xd * xd).sum(1)
             np.testing.assert_allclose(keys[0][stored, j], want, rtol=1e-5, atol=1e-5)
+    for n_q in (1, 3):  # no candidates at all: empty answers of the right shapes
+        found, keys = eng.rescore_ids(corpus["queries"][:n_q], np.zeros((n_q, 0), np.uint64), dims)
+        assert found.shape == (n_q, 0) and keys.shape == (n_q, 0, len(dims))
     eng.upsert(ids[:1] + 2**50, docs[:1])  # a far id: the table is dropped, lookups still right
     found, _ = eng.rescore_ids(corpus["queries"][:1], (ids[:4] + 0)[None], [384])
     np.testing.assert_array_equal(found[0], [False, True, True, True])
