@@ -8,6 +8,8 @@ One run, same vectors, same thread count (default 2) for every method:
   ShardEngine + ShardAnn (hnswlib graph on the P-dim prefix, same M and
   ef_construction) + ann_shard.search_keys (walk, then exact re-rank at the full
   dim) + the coordinator's merge; candidates swept (ef = candidates);
+- `nestvec-ann-128-efcN` (with --low-efc N, default 100): the same at prefix 128 with a
+  graph built at ef_construction N (the exact re-rank makes up for a cheaper graph);
 - `nestvec-e2e-P` (with --e2e): the same through the in-process Coordinator
   (Ray shard actor, one shard with the same thread count), at the prefix --e2e-prefix.
 
@@ -46,11 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefixes", default="32,64,128")
     p.add_argument("-m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--low-efc", type=int, default=100,
+                   help="also build nestvec's graph at --low-efc-prefix with this ef_construction "
+                        "(0: skip): a prefix graph feeding an exact re-rank needs less build effort")
+    p.add_argument("--low-efc-prefix", type=int, default=128)
     p.add_argument("--queries", type=int, default=1000, help="queries per point (default 1000)")
     p.add_argument("--budget", type=float, default=3.0, help="max seconds timed per point")
     p.add_argument("--scale", type=int, default=0, help="also run a noise-perturbed set of N vectors")
     p.add_argument("--noise", type=float, default=0.5, help="perturbation size (see make_scaled)")
     p.add_argument("--no-corpus", action="store_true", help="skip the plain corpusA run")
+    p.add_argument("--no-faiss", action="store_true",
+                   help="skip the FAISS HNSW baseline (its build is the longest at 1M vectors)")
     p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the path through the in-process Coordinator (Ray)")
     p.add_argument("--e2e-prefix", type=int, default=128)
@@ -83,8 +91,11 @@ from nestvec.cluster.collection import CollectionConfig, plan_search  # noqa: E4
 from nestvec.cluster.coordinator import merge_shard_results  # noqa: E402
 from nestvec.cluster.engine import ShardEngine  # noqa: E402
 
-EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-CAND_SWEEP = (20, 30, 50, 75, 100, 150, 200, 300, 400, 600)
+# Both sweeps step finely around where recall@10 crosses 0.95 on corpusA (hnswlib
+# near ef 44, the 128-dim prefix graph near 60), so neither side's best point
+# at 0.95 is missed by a coarse step.
+EF_SWEEP = (10, 16, 24, 32, 40, 44, 48, 56, 64, 96, 128, 192, 256)
+CAND_SWEEP = (20, 30, 40, 50, 56, 60, 64, 75, 100, 150, 200, 300, 400, 600)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -168,9 +179,12 @@ def bench_faiss(x, queries, truth, a) -> dict:
             "param": "efSearch", "points": pts}
 
 
-def bench_nestvec(x, queries, truth, prefix: int, a, engine=None) -> tuple[dict, ShardEngine]:
+def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | None = None
+                  ) -> tuple[dict, ShardEngine]:
+    efc = efc or a.ef_construction
+    name = f"nestvec-ann-{prefix}" + (f"-efc{efc}" if efc != a.ef_construction else "")
     cfg = CollectionConfig.create("bench", x.shape[1], "cosine",
-                                  index={"dim": prefix, "m": a.m, "ef_construction": a.ef_construction})
+                                  index={"dim": prefix, "m": a.m, "ef_construction": efc})
     if engine is None:
         engine = ShardEngine(cfg, initial_capacity=x.shape[0])
         engine.upsert(np.arange(x.shape[0], dtype=np.uint64), x)
@@ -181,11 +195,11 @@ def bench_nestvec(x, queries, truth, prefix: int, a, engine=None) -> tuple[dict,
     while not ann.wait(5.0):
         prog = ann.status()["index_progress"]
         if prog - last >= 0.2:
-            log(f"  nestvec-ann-{prefix}: building {prog:.0%}")
+            log(f"  {name}: building {prog:.0%}")
             last = prog
     build = time.perf_counter() - t0
     mem = ann.graph.memory_bytes()
-    log(f"nestvec-ann-{prefix}: built in {build:.1f}s (graph {mem / 2**20:.0f} MiB)")
+    log(f"{name}: built in {build:.1f}s (graph {mem / 2**20:.0f} MiB)")
 
     def setter(cand):
         plan = plan_search(cfg, x.shape[1], 10, ann=True, candidates=max(cand, 10), ef=max(cand, 10))
@@ -194,8 +208,8 @@ def bench_nestvec(x, queries, truth, prefix: int, a, engine=None) -> tuple[dict,
             ids, keys = search_keys(engine, ann, q, plan)
             return merge_shard_results("cosine", q, plan, [(ids, keys)]).ids.astype(np.int64)
         return search
-    pts = sweep(f"nestvec-ann-{prefix}", setter, CAND_SWEEP, queries, truth, a.budget)
-    return ({"method": f"nestvec-ann-{prefix}", "build_s": round(build, 2), "graph_bytes": mem,
+    pts = sweep(name, setter, CAND_SWEEP, queries, truth, a.budget)
+    return ({"method": name, "ef_construction": efc, "build_s": round(build, 2), "graph_bytes": mem,
              "engine_vector_bytes": int(x.nbytes), "param": "candidates (= ef)", "points": pts},
             engine)
 
@@ -238,10 +252,15 @@ def best_at(points: list[dict], target: float = 0.95) -> dict | None:
 
 def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a) -> dict:
     log(f"=== {label}: {x.shape[0]} x {x.shape[1]}, {queries.shape[0]} queries, {a.threads} threads ===")
-    methods = [bench_hnswlib(x, queries, truth, a), bench_faiss(x, queries, truth, a)]
+    methods = [bench_hnswlib(x, queries, truth, a)]
+    if not a.no_faiss:
+        methods.append(bench_faiss(x, queries, truth, a))
     engine = None
     for p in a.prefixes:
         res, engine = bench_nestvec(x, queries, truth, p, a, engine)
+        methods.append(res)
+    if a.low_efc:
+        res, engine = bench_nestvec(x, queries, truth, a.low_efc_prefix, a, engine, efc=a.low_efc)
         methods.append(res)
     del engine
     if a.e2e:
@@ -274,7 +293,7 @@ def plot(sets: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
     style = {"hnswlib": ("tab:orange", "s--"), "faiss": ("tab:red", "^--"),
-             "nestvec-ann-32": ("tab:cyan", "o-"), "nestvec-ann-64": ("tab:blue", "o-"),
+             "nestvec-ann-128-efc": ("tab:olive", "o-."), "nestvec-ann-32": ("tab:cyan", "o-"), "nestvec-ann-64": ("tab:blue", "o-"),
              "nestvec-ann-128": ("tab:green", "o-"), "nestvec-ann": ("tab:purple", "o-"),
              "nestvec-e2e": ("black", "D:")}
     for ax, s in zip(axes[0], sets):

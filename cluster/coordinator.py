@@ -572,6 +572,9 @@ def merge_shard_results(metric: str, queries: np.ndarray, plan: SearchPlan,
         keys = np.concatenate([p[1] for p in parts], axis=1)
     if plan.stages:  # (ANN plans too: their candidates carry a key per stage)
         ids, keys = run_funnel(ids, keys, plan.keeps, plan.k)
+    elif ids.shape[0] == 1:  # one query: merge_topk's order on 1-D arrays, without its batching
+        order = np.lexsort((ids[0], -keys[0]))[: plan.k]
+        ids, keys = ids[:, order], keys[:, order]
     else:
         ids, keys = merge_topk(ids, keys, plan.k)
     return SearchResult(ids, keys_to_scores(metric, queries, keys, plan.dim))

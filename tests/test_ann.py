@@ -132,6 +132,85 @@ def test_dead_fraction_rebuild_keeps_answers_correct(corpus):
     assert ann.graph.live == len(eng) and ann.graph.dead_fraction() < ann_shard.REBUILD_DEAD_FRACTION
 
 
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("dense_ids", [True, False])
+def test_single_query_rescore_is_exact(corpus, metric, dense_ids):
+    """The one-query re-rank path (and the dense id table) give the batched path's exact keys."""
+    docs = corpus["docs"][:3000].copy()
+    docs[7, :64] = 0  # a zero prefix: cosine 0 at dims <= 64
+    ids = np.arange(3000, dtype=np.uint64)
+    if not dense_ids:  # ids far apart: the engine keeps no id table and binary-searches
+        ids = ids * 1_000_003 + 2**40
+    eng = ShardEngine(CollectionConfig.create("r", 384, metric))
+    eng.upsert(ids, docs)
+    eng.delete(ids[::5])
+    assert (eng._row_table() is not None) == dense_ids
+    cand = np.random.default_rng(1).choice(ids, size=(1, 80), replace=False)
+    cand[0, :3] = [ids[7], ids[5], ids[-1] + 10]  # zero prefix, deleted, never stored
+    dims = [48, 64, 384]
+    for q in corpus["queries"][:4]:
+        found, keys = eng.rescore_ids(q[None], cand, dims)
+        found2, keys2 = eng.rescore_ids(np.stack([q, q]), np.repeat(cand, 2, axis=0), dims)
+        np.testing.assert_array_equal(found[0], found2[1])
+        np.testing.assert_allclose(keys[0], keys2[1], rtol=1e-6, atol=1e-6)
+        pos = np.searchsorted(ids, cand[0])
+        stored = (ids[np.minimum(pos, ids.size - 1)] == cand[0]) & (pos % 5 != 0)
+        np.testing.assert_array_equal(found[0], stored)
+        assert np.isneginf(keys[0][~stored]).all()
+        x = docs[pos[stored]].astype(np.float64)
+        for j, d in enumerate(dims):
+            xd, qd = x[:, :d], q[:d].astype(np.float64)
+            if metric == "cosine":
+                nx = np.linalg.norm(xd, axis=1)
+                want = np.where(nx > 0, xd @ qd / np.where(nx > 0, nx, 1), 0) / np.linalg.norm(qd)
+            elif metric == "dot":
+                want = xd @ qd
+            else:  # l2 keys: 2 q.x - |x|^2 (the distance without |q|^2, negated)
+                want = 2 * xd @ qd - (xd * xd).sum(1)
+            np.testing.assert_allclose(keys[0][stored, j], want, rtol=1e-5, atol=1e-5)
+    for n_q in (1, 3):  # no candidates at all: empty answers of the right shapes
+        found, keys = eng.rescore_ids(corpus["queries"][:n_q], np.zeros((n_q, 0), np.uint64), dims)
+        assert found.shape == (n_q, 0) and keys.shape == (n_q, 0, len(dims))
+    eng.upsert(ids[:1] + 2**50, docs[:1])  # a far id: the table is dropped, lookups still right
+    found, _ = eng.rescore_ids(corpus["queries"][:1], (ids[:4] + 0)[None], [384])
+    np.testing.assert_array_equal(found[0], [False, True, True, True])
+    assert eng._row_table() is None
+
+
+def test_default_index_and_candidates_reach_recall_on_one_shard(corpus):
+    """All of corpusA in one shard (fewer candidates in total than two shards re-rank), one
+    query at a time: the default graph prefix and candidate count reach recall@10 0.95."""
+    cfg = CollectionConfig.create("one", 384, "cosine", index={"type": "hnsw"})
+    eng = ShardEngine(cfg, initial_capacity=len(corpus["docs"]))
+    eng.upsert(np.arange(len(corpus["docs"]), dtype=np.uint64), corpus["docs"])
+    ann = ShardAnn(cfg.index, "cosine", threads=2)
+    ann.start_build(eng, "test")
+    assert ann.wait(600) and ann.graph is not None and ann.graph.params.dim == 128
+    queries = corpus["queries"]
+    plan = plan_search(cfg, 384, 10, ann=True)
+    found = np.vstack([merge_shard_results("cosine", q[None], plan,
+                                           [ann_shard.search_keys(eng, ann, q[None], plan)]).ids
+                       for q in queries])
+    rec = _recall(found.astype(np.int64), corpus["gt_ids"][:, :10])
+    assert rec >= 0.95, f"recall@10 {rec:.3f} at the default ({plan.ann_candidates} candidates)"
+
+
+def test_single_query_merge_orders_like_the_batched_merge():
+    """merge_shard_results' one-query path: (key desc, id asc), ties by id, as for a batch."""
+    rng = np.random.default_rng(0)
+    plan = plan_search(CollectionConfig.create("m", 8, "cosine"), 8, 5)
+    for _ in range(50):
+        ids = rng.permutation(40).astype(np.uint64)[None, :30]
+        keys = rng.integers(0, 4, size=(1, 30)).astype(np.float32)  # many ties
+        one = merge_shard_results("cosine", np.ones((1, 8), np.float32), plan, [(ids, keys)])
+        two = merge_shard_results("cosine", np.ones((2, 8), np.float32), plan,
+                                  [(np.repeat(ids, 2, 0), np.repeat(keys, 2, 0))])
+        np.testing.assert_array_equal(one.ids[0], two.ids[1])
+        np.testing.assert_array_equal(one.scores[0], two.scores[1])
+        order = sorted(zip((-keys[0]).tolist(), ids[0].tolist()))[:5]
+        assert one.ids[0].tolist() == [i for _, i in order]
+
+
 def test_snapshot_keeps_the_graph_and_recovery_does_not_rebuild(corpus, tmp_path):
     cfg = CollectionConfig.create("p", 384, "cosine", index={"dim": 64})
     docs, queries = corpus["docs"], corpus["queries"][:100]
@@ -173,11 +252,11 @@ def test_snapshot_keeps_the_graph_and_recovery_does_not_rebuild(corpus, tmp_path
 # ----- through Ray and gRPC -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus_ann(gateway, coordinator, corpus):
-    """All of corpusA in a 2-shard collection with the default index (hnsw on 64 dims)."""
+    """All of corpusA in a 2-shard collection with the default index (hnsw on 128 dims)."""
     name = f"ann-corpusA-{uuid.uuid4().hex[:6]}"
     with Client(gateway.address, timeout=300) as c:
-        info = c.create_collection(name, 384, "cosine", shards=2, index={"type": "hnsw", "dim": 64})
-        assert info.index == {"type": "hnsw", "dim": 64, "m": 16, "ef_construction": 200}
+        info = c.create_collection(name, 384, "cosine", shards=2, index={"type": "hnsw"})
+        assert info.index == {"type": "hnsw", "dim": 128, "m": 16, "ef_construction": 200}
         c.upsert(name, np.arange(len(corpus["docs"])), corpus["docs"])
         shards = _wait_ready(c, name, 600)
     yield name, shards
@@ -187,7 +266,7 @@ def corpus_ann(gateway, coordinator, corpus):
 def test_recall_at_defaults_on_corpusA(corpus_ann, client, corpus):
     name, shards = corpus_ann
     assert sum(s.index_vectors for s in shards) == len(corpus["docs"])
-    assert all(s.index_dim == 64 and s.index_bytes > 0 and s.index_build_seconds > 0 for s in shards)
+    assert all(s.index_dim == 128 and s.index_bytes > 0 and s.index_build_seconds > 0 for s in shards)
     queries = corpus["queries"]
     res = client.search(name, queries, k=10, ann=True)
     rec = _recall(res.ids.astype(np.int64), corpus["gt_ids"][:, :10])
