@@ -178,7 +178,9 @@ class ShardEngine:
 
     def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
         """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
-        if plan.stages:
+        if len(plan.stages) > 1:
+            ids, keys = self._funnel_pruned(queries, plan)
+        elif plan.stages:
             cand = self.funnel_candidates(queries, plan)
             ids, keys = run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
         else:
@@ -240,9 +242,16 @@ class ShardEngine:
         Survivors carry keys at all later stages and at the final dim so a merge of
         several shards' candidates can run the remaining stages exactly (topk.run_funnel).
         """
-        first_dim, first_keep = plan.stages[0]
-        keep = min(first_keep, len(self))
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
+        cols, keys = self._first_stage(queries, plan.stages[0], later_dims)
+        return Candidates(self._row_ids[cols], keys)
+
+    def _first_stage(self, queries: np.ndarray, stage: tuple[int, int], later_dims: list[int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, keep] rows best at the stage's dim (by (key desc, id asc)) and their keys
+        at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)]."""
+        first_dim, first_keep = stage
+        keep = min(first_keep, len(self))
         lp = self._lowp.get(first_dim)
         wide = None if lp is None else self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
         if wide is not None:
@@ -250,13 +259,30 @@ class ShardEngine:
             # their exact float32 key: shards send exact keys, so merges stay exact.
             keys = self._rescore(queries, wide, [first_dim] + later_dims)
             order = np.lexsort((self._row_ids[wide], -keys[..., 0]), axis=1)[:, :keep]
-            cols = np.take_along_axis(wide, order, axis=1)
-            return Candidates(self._row_ids[cols], np.take_along_axis(keys, order[..., None], axis=1))
+            return (np.take_along_axis(wide, order, axis=1),
+                    np.take_along_axis(keys, order[..., None], axis=1))
         cols, keys1 = self._best_rows(queries, keep, first_dim)
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
-        out[..., 1:] = self._rescore(queries, cols, later_dims)
-        return Candidates(self._row_ids[cols], out)
+        if later_dims:
+            out[..., 1:] = self._rescore(queries, cols, later_dims)
+        return cols, out
+
+    def _funnel_pruned(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+        """A funnel of several stages inside one engine: each stage re-scores only the
+        previous stage's survivors, so 64:400 -> 128:50 -> 384 gathers 400 rows at 128
+        dims and 50 at 384, not 400 at both as funnel_candidates must (a merge of
+        shards needs every key). The same answer as run_funnel on funnel_candidates:
+        each stage keeps its best by (key desc, id asc) among the previous survivors."""
+        cols, _ = self._first_stage(queries, plan.stages[0], [])
+        later = [*plan.stages[1:], (plan.dim, plan.k)]
+        for i, (d, keep) in enumerate(later):
+            keys = self._rescore(queries, cols, [d])[..., 0]
+            if keep < cols.shape[1] or i == len(later) - 1:  # the final rank always sorts
+                order = np.lexsort((self._row_ids[cols], -keys), axis=1)[:, :keep]
+                cols = np.take_along_axis(cols, order, axis=1)
+                keys = np.take_along_axis(keys, order, axis=1)
+        return self._row_ids[cols], keys
 
     def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray | None:
         """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate),
