@@ -14,6 +14,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def order(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row of [Q, M] keys, the column order by (key desc, id asc): np.lexsort's
+    answer. A stable argsort by key alone is ~8x faster than lexsort on two keys
+    and already right where no two keys of a row are equal; rows with equal keys
+    (rare outside of duplicated vectors) are lexsorted."""
+    idx = np.argsort(-keys, axis=1, kind="stable")
+    if keys.shape[1] < 2:
+        return idx
+    sk = np.take_along_axis(keys, idx, axis=1)
+    tied = np.flatnonzero((sk[:, 1:] == sk[:, :-1]).any(axis=1))
+    if tied.size:
+        ids = np.broadcast_to(ids, keys.shape)
+        idx[tied] = np.lexsort((ids[tied], -keys[tied]), axis=1)
+    return idx
+
+
 def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best `k` of each row of ([Q, M] ids, [Q, M] keys), sorted by (key desc, id asc).
 
@@ -22,11 +38,11 @@ def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, n
     `keys` (per-stage keys, [Q, M, S]) are carried along; the order uses [..., 0].
     """
     primary = keys if keys.ndim == 2 else keys[..., 0]
-    order = np.lexsort((ids, -primary), axis=1)[:, :k]
-    out_ids = np.take_along_axis(ids, order, axis=1)
+    best = order(primary, ids)[:, :k]
+    out_ids = np.take_along_axis(ids, best, axis=1)
     if keys.ndim == 2:
-        return out_ids, np.take_along_axis(primary, order, axis=1)
-    return out_ids, np.take_along_axis(keys, order[..., None], axis=1)
+        return out_ids, np.take_along_axis(primary, best, axis=1)
+    return out_ids, np.take_along_axis(keys, best[..., None], axis=1)
 
 
 # The threshold path (see _prefilter) pays off once a row is this wide and k is
@@ -124,8 +140,7 @@ def _select(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
                 cols[q] = _resolve_tie(keys[q], ids[q], k, worst_in[q])
     cols = np.ascontiguousarray(cols)
     sel_keys = np.take_along_axis(keys, cols, axis=1)
-    order = np.lexsort((np.take_along_axis(ids, cols, axis=1), -sel_keys), axis=1)
-    return np.take_along_axis(cols, order, axis=1)
+    return np.take_along_axis(cols, order(sel_keys, np.take_along_axis(ids, cols, axis=1)), axis=1)
 
 
 def _resolve_tie(row: np.ndarray, row_ids: np.ndarray, k: int, cut: float) -> np.ndarray:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nestvec.cluster import topk
-from nestvec.cluster.topk import merge_topk, run_funnel, top_columns
+from nestvec.cluster.topk import merge_topk, order, run_funnel, top_columns
 
 
 def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
@@ -23,6 +23,26 @@ def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarr
 def tie_heavy_keys(rng, shape, levels: int = 3) -> np.ndarray:
     """Keys drawn from a few values, so almost every k cut falls inside a tie."""
     return rng.integers(0, levels, size=shape).astype(np.float32)
+
+
+# ----- order ----------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 5), m=st.integers(0, 60),
+       levels=st.sampled_from([1, 2, 4, None]), per_row_ids=st.booleans())
+def test_order_equals_lexsort(data, rows, m, levels, per_row_ids):
+    # argsort by key, lexsort only where a row has equal keys: the same order as
+    # lexsort by (key desc, id asc) always, ties, -inf, and -0.0 == 0.0 included.
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if levels is None:
+        keys = rng.normal(size=(rows, m)).astype(np.float32)
+    else:
+        keys = rng.integers(0, levels, size=(rows, m)).astype(np.float32) - 1
+        keys[keys == 0] = rng.choice([0.0, -0.0], size=int((keys == 0).sum()))
+    keys[rng.random((rows, m)) < 0.1] = -np.inf
+    shape = (rows, m) if per_row_ids else (m,)
+    ids = rng.choice(10 * rows * m + 10, size=shape, replace=False).astype(np.uint64)
+    want = np.lexsort((np.broadcast_to(ids, keys.shape), -keys), axis=1)
+    np.testing.assert_array_equal(order(keys, ids), want)
 
 
 # ----- merge_topk ----------------------------------------------------------------
