@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster import kernels
+from nestvec.cluster import kernels, parallel
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
+from nestvec.cluster.topk import order as topk_order
 from nestvec.cluster.topk import run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
@@ -33,6 +34,8 @@ FAST_PREFIX_MAX_DIM = 64
 # its fused scan + top-k (kernels.py) while at most this many rows are dead.
 KERNEL_MAX_DEAD = 4096
 use_kernel = kernels.available()  # module switch: tests run both paths
+split_search = True  # module switch: batches on several cores (parallel.py) when set_threads > 1
+SPLIT_MIN_ROWS = 8192  # a scan splits into row ranges of at least this many rows
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
 
 
@@ -197,9 +200,25 @@ class ShardEngine:
         found = self._kernel_rows(queries, k, dim)
         if found is not None:
             return found
-        keys = self._scan_keys(queries, dim)
-        cols = top_columns(keys, self._row_ids[: self._n], k)
-        return cols, np.take_along_axis(keys, cols, axis=1)
+        ways = parallel.ways(queries.shape[0]) if split_search else 1
+        if ways == 1 or self._n < ways * SPLIT_MIN_ROWS:
+            return self._best_in_range(queries, k, dim, 0, self._n)
+        # Each part scans and selects in its own row range (a shard of the rows); the
+        # global best k are among the parts' best k, merged by the same order.
+        bounds = np.linspace(0, self._n, ways + 1).astype(np.int64)
+        parts = parallel.run(lambda r: self._best_in_range(queries, k, dim, *r),
+                             list(zip(bounds[:-1], bounds[1:])))
+        rows = np.concatenate([p[0] for p in parts], axis=1)
+        keys = np.concatenate([p[1] for p in parts], axis=1)
+        best = top_columns(keys, self._row_ids[rows], k)
+        return np.take_along_axis(rows, best, axis=1), np.take_along_axis(keys, best, axis=1)
+
+    def _best_in_range(self, queries: np.ndarray, k: int, dim: int, lo: int, hi: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """_best_rows among rows lo..hi (dead rows there may fill up a short range)."""
+        keys = self._scan_keys(queries, dim, lo, hi)
+        cols = top_columns(keys, self._row_ids[lo:hi], k)
+        return cols + lo, np.take_along_axis(keys, cols, axis=1)
 
     def _kernel_rows(self, queries: np.ndarray, k: int, dim: int):
         """_best_rows through FAISS's fused kernel, or None where it does not apply.
@@ -224,7 +243,7 @@ class ShardEngine:
             live_first = self._live_first(rows)[:, : k + 1]
             rows = np.take_along_axis(rows, live_first, axis=1)
             keys = np.take_along_axis(keys, live_first, axis=1)
-        order = np.lexsort((self._row_ids[rows], -keys), axis=1)
+        order = topk_order(keys, self._row_ids[rows])
         rows = np.take_along_axis(rows, order, axis=1)
         keys = np.take_along_axis(keys, order, axis=1).astype(np.float32)
         tied = np.flatnonzero(keys[:, k - 1] == keys[:, k]) if k else np.empty(0, int)
@@ -258,7 +277,7 @@ class ShardEngine:
             # A few extra rows shortlisted on the low-precision copy; keep the best by
             # their exact float32 key: shards send exact keys, so merges stay exact.
             keys = self._rescore(queries, wide, [first_dim] + later_dims)
-            order = np.lexsort((self._row_ids[wide], -keys[..., 0]), axis=1)[:, :keep]
+            order = topk_order(keys[..., 0], self._row_ids[wide])[:, :keep]
             return (np.take_along_axis(wide, order, axis=1),
                     np.take_along_axis(keys, order[..., None], axis=1))
         cols, keys1 = self._best_rows(queries, keep, first_dim)
@@ -279,7 +298,7 @@ class ShardEngine:
         for i, (d, keep) in enumerate(later):
             keys = self._rescore(queries, cols, [d])[..., 0]
             if keep < cols.shape[1] or i == len(later) - 1:  # the final rank always sorts
-                order = np.lexsort((self._row_ids[cols], -keys), axis=1)[:, :keep]
+                order = topk_order(keys, self._row_ids[cols])[:, :keep]
                 cols = np.take_along_axis(cols, order, axis=1)
                 keys = np.take_along_axis(keys, order, axis=1)
         return self._row_ids[cols], keys
@@ -326,26 +345,29 @@ class ShardEngine:
         return found, keys
 
     # ----- internals ------------------------------------------------------------
-    def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
-        """[Q, n] keys of every row at prefix `dim`: one matrix product on the view."""
-        n = self._n
+    def _scan_keys(self, queries: np.ndarray, dim: int, lo: int = 0, hi: int | None = None
+                   ) -> np.ndarray:
+        """[Q, hi - lo] keys of rows lo..hi (default: all) at prefix `dim`: one matrix
+        product on the view."""
+        hi = self._n if hi is None else hi
         fast = self._fast.get(dim)
         # strided view of the full matrix (BLAS reads it without a copy), or the contiguous copy
-        x = self._vectors[:n, :dim] if fast is None else fast[:n]
+        x = self._vectors[lo:hi, :dim] if fast is None else fast[lo:hi]
         q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
         if self.metric == "cosine":
             keys = _unit_rows(q) @ x.T
             if fast is None:  # the copy's rows are already unit length at this dim
-                keys *= self._scan_term(dim)[None, :]
+                keys *= self._scan_term(dim)[None, lo:hi]
         elif self.metric == "dot":
             keys = q @ x.T
         else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
             keys = q @ x.T
             keys *= 2
-            keys -= self._scan_term(dim)[None, :]
+            keys -= self._scan_term(dim)[None, lo:hi]
         dead = self._dead()
         if dead.size:
-            keys[:, dead] = -np.inf
+            dead = dead[(dead >= lo) & (dead < hi)]
+            keys[:, dead - lo] = -np.inf
         return keys
 
     def _scan_term(self, dim: int) -> np.ndarray:
@@ -368,6 +390,12 @@ class ShardEngine:
         so the gathered block stays about _GATHER_BYTES.
         """
         n_q, m = cols.shape
+        ways = parallel.ways(n_q) if split_search else 1
+        if ways > 1:  # a re-rank's cost is per query: split the queries
+            bounds = np.linspace(0, n_q, ways + 1).astype(np.int64)
+            return np.concatenate(parallel.run(
+                lambda r: self._rescore(queries[r[0]: r[1]], cols[r[0]: r[1]], dims),
+                list(zip(bounds[:-1], bounds[1:]))))
         top = max(dims)
         out = np.empty((n_q, m, len(dims)), dtype=np.float32)
         step = max(1, _GATHER_BYTES // max(1, m * top * 4))
