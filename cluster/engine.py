@@ -195,14 +195,16 @@ class ShardEngine:
         rows, keys = self._best_rows(queries, min(k, len(self)), dim)
         return self._row_ids[rows], keys
 
-    def _best_rows(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """[Q, k] rows and keys of the k best live rows at `dim`, by (key desc, id asc)."""
+    def _best_rows(self, queries: np.ndarray, k: int, dim: int, sort: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, k] rows and keys of the k best live rows at `dim`, in (key desc, id asc)
+        order (any order without `sort`: a shortlist whose next stage sorts)."""
         found = self._kernel_rows(queries, k, dim)
         if found is not None:
             return found
         ways = parallel.ways(queries.shape[0]) if split_search else 1
         if ways == 1 or self._n < ways * SPLIT_MIN_ROWS:
-            return self._best_in_range(queries, k, dim, 0, self._n)
+            return self._best_in_range(queries, k, dim, 0, self._n, sort)
         # Each part scans and selects in its own row range (a shard of the rows); the
         # global best k are among the parts' best k, merged by the same order.
         bounds = np.linspace(0, self._n, ways + 1).astype(np.int64)
@@ -210,14 +212,14 @@ class ShardEngine:
                              list(zip(bounds[:-1], bounds[1:])))
         rows = np.concatenate([p[0] for p in parts], axis=1)
         keys = np.concatenate([p[1] for p in parts], axis=1)
-        best = top_columns(keys, self._row_ids[rows], k)
+        best = top_columns(keys, self._row_ids[rows], k, sort)
         return np.take_along_axis(rows, best, axis=1), np.take_along_axis(keys, best, axis=1)
 
-    def _best_in_range(self, queries: np.ndarray, k: int, dim: int, lo: int, hi: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def _best_in_range(self, queries: np.ndarray, k: int, dim: int, lo: int, hi: int,
+                       sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """_best_rows among rows lo..hi (dead rows there may fill up a short range)."""
         keys = self._scan_keys(queries, dim, lo, hi)
-        cols = top_columns(keys, self._row_ids[lo:hi], k)
+        cols = top_columns(keys, self._row_ids[lo:hi], k, sort)
         return cols + lo, np.take_along_axis(keys, cols, axis=1)
 
     def _kernel_rows(self, queries: np.ndarray, k: int, dim: int):
@@ -280,7 +282,7 @@ class ShardEngine:
             order = topk_order(keys[..., 0], self._row_ids[wide])[:, :keep]
             return (np.take_along_axis(wide, order, axis=1),
                     np.take_along_axis(keys, order[..., None], axis=1))
-        cols, keys1 = self._best_rows(queries, keep, first_dim)
+        cols, keys1 = self._best_rows(queries, keep, first_dim, sort=False)  # later stages sort
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
         if later_dims:

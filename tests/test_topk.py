@@ -166,6 +166,18 @@ def test_prefilter_path_random_keys(k):
     np.testing.assert_array_equal(top_columns(keys, col_ids, k), full_sort_columns(keys, col_ids, k))
 
 
+@pytest.mark.parametrize("n", [300, 10_000])
+def test_unsorted_top_columns_hold_the_same_set(n):
+    # sort=False (a shortlist) returns the same columns, in no set order; ties included.
+    rng = np.random.default_rng(n)
+    keys = tie_heavy_keys(rng, (16, n), 40)
+    col_ids = rng.permutation(n).astype(np.uint64)
+    for k in (1, 10, 37, n // 8):
+        got = top_columns(keys, col_ids, k, sort=False)
+        np.testing.assert_array_equal(np.sort(got, axis=1),
+                                      np.sort(full_sort_columns(keys, col_ids, k), axis=1))
+
+
 @pytest.mark.parametrize("levels", [1, 2, 3, 50, 1000])
 def test_prefilter_path_ties_and_duplicates(levels):
     # Few distinct values: the threshold itself is tied and most rows fall back;
