@@ -5,8 +5,8 @@ runs on one core: top-k selection, gathering candidates' rows, re-scoring. With
 BLAS at two threads the second core idles through the rest, and while another
 process holds a core OpenBLAS's threads wait on each other. Running the parts
 on their own Python threads instead (numpy releases the GIL in all of these
-kernels) with BLAS held to one thread in each keeps every core busy throughout
-and never runs more math threads than `threads`. The engine splits a scan by row
+kernels) with BLAS held to one thread keeps every core busy throughout and
+never runs more math threads than `threads`. The engine splits a scan by row
 ranges (each part streams its own rows once: a split by queries would stream
 the whole matrix once per part) and a re-rank by queries. Measured numbers:
 docs/benchmarks.md.
@@ -26,7 +26,9 @@ MIN_BATCH = 16
 _threads = 1
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_local_setters: list | None = None  # per BLAS library: set the calling thread's count
+_blas: list | None = None  # numpy's BLAS libraries (threadpoolctl controllers)
+_active = 0                # parallel runs in progress (an actor may serve several at once)
+_saved: list = []          # their thread counts before the first of those began
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -41,52 +43,67 @@ def ways(batch: int) -> int:
     """How many parts a search of `batch` queries runs in (1: on the caller's thread)."""
     if _threads < 2 or batch < MIN_BATCH or getattr(_local, "inside", False):
         return 1  # inside a part: never nest (the pool's threads are all taken)
-    return _threads if _blas_setters() else 1
+    return _threads if _blas_libs() else 1
 
 
 def run(fn, items: list) -> list:
     """[fn(item) for item in items], the items on the pool's threads and the caller's."""
-    with _lock:
-        global _pool, _pool_size
-        if _pool is None or _pool_size < _threads - 1:
-            _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="nestvec-search")
-            _pool_size = _threads - 1
-        pool = _pool
-    futures = [pool.submit(_part, fn, item) for item in items[1:]]
-    first = _part(fn, items[0])
-    return [first] + [f.result() for f in futures]
+    pool = _enter()
+    try:
+        futures = [pool.submit(_part, fn, item) for item in items[1:]]
+        first = _part(fn, items[0])
+        return [first] + [f.result() for f in futures]
+    finally:
+        _leave()
 
 
 def _part(fn, item):
-    # One BLAS thread for this thread only, restored after: other threads' searches
-    # (and this thread's own later calls) keep the process's count.
-    setters = _blas_setters()
-    before = [set_local(1) for set_local in setters]
     _local.inside = True
     try:
         return fn(item)
     finally:
         _local.inside = False
-        for set_local, n in zip(setters, before):
-            set_local(n)
 
 
-def _blas_setters() -> list:
-    """`openblas_set_num_threads_local` of each pthreads OpenBLAS loaded (numpy's):
-    OpenBLAS 0.3.27+ keeps a thread count per calling thread. Without one the
-    batch is not split: a process-wide count would race between searches."""
-    global _local_setters
-    if _local_setters is None:
-        import ctypes
+def _enter() -> ThreadPoolExecutor:
+    # OpenBLAS's thread count is one per process (even its "_local" setter changes
+    # it for every thread): held at 1 from the first run in to the last run out.
+    global _pool, _pool_size, _active, _saved
+    with _lock:
+        if _pool is None or _pool_size < _threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="nestvec-search")
+            _pool_size = _threads - 1
+        if _active == 0:
+            _saved = [lib.num_threads for lib in _blas_libs()]
+            for lib in _blas_libs():
+                _set(lib, 1)
+        _active += 1
+        return _pool
 
+
+def _leave() -> None:
+    global _active
+    with _lock:
+        _active -= 1
+        if _active == 0:
+            for lib, n in zip(_blas_libs(), _saved):
+                _set(lib, n)
+
+
+def _set(lib, n: int) -> None:
+    # threadpoolctl's OpenBLAS setter silently ignores every thread but the first
+    # that used it (it keeps Python threads from fighting over the count); this
+    # module serialises its own changes under _lock, so it calls the library itself.
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+
+
+def _blas_libs() -> list:
+    """numpy's BLAS (OpenBLAS with its own pthreads pool), as threadpoolctl controllers.
+    An OpenMP-built BLAS (FAISS's) keeps a count per thread and is left alone; with
+    no pthreads BLAS found, batches are not split."""
+    global _blas
+    if _blas is None:
         import threadpoolctl  # a dependency; loaded here so the engine imports without it
-        found = []
-        for lib in threadpoolctl.ThreadpoolController().lib_controllers:
-            if lib.internal_api != "openblas" or getattr(lib, "threading_layer", "") != "pthreads":
-                continue
-            fn = getattr(ctypes.CDLL(lib.filepath), "openblas_set_num_threads_local", None)
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                found.append(fn)
-        _local_setters = found
-    return _local_setters
+        _blas = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                 if lib.user_api == "blas" and getattr(lib, "threading_layer", "") == "pthreads"]
+    return _blas
