@@ -42,6 +42,7 @@ def pin_loaded(threads: int) -> dict:
         info["method"] = "env vars (threadpoolctl not installed)"
         return info
     threadpoolctl.threadpool_limits(threads)
+    _engine_threads(threads)
     info["method"] = "env vars + threadpoolctl"
     info["pools"] = pools()
     return info
@@ -72,9 +73,19 @@ def set_threads(threads: int) -> bool:
     except ImportError:
         return False
     threadpoolctl.threadpool_limits(threads)
+    _engine_threads(threads)
     try:
         import faiss
         faiss.omp_set_num_threads(threads)
     except ImportError:
         pass
     return True
+
+
+def _engine_threads(threads: int) -> None:
+    """The engine's own batch split (nestvec.cluster.parallel) gets the same budget."""
+    try:
+        from nestvec.cluster import parallel
+    except ImportError:
+        return
+    parallel.set_threads(threads)

@@ -5,7 +5,8 @@ recall@10 against the exact full-384 ground truth:
 
 - nestvec ShardEngine, exact flat search at each nested prefix dim;
 - nestvec funnels: shortlist at 32/64/128 dims, re-rank at 384, with float32
-  shortlists and with an int8 first stage (`first_stage="int8"`, cluster/lowp.py);
+  shortlists and with an int8 first stage (`first_stage="int8"`, cluster/lowp.py),
+  and three-stage funnels (64 dims -> 128 dims -> 384);
 - FAISS IndexFlatIP at each prefix dim (384 is the exact baseline);
 - hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef;
 - end to end: a few of the nestvec points again through gRPC -> gateway ->
@@ -13,11 +14,13 @@ recall@10 against the exact full-384 ground truth:
   BLAS thread each: default 2, one per core, the server's own default here), `--no-e2e` skips.
 
     .venv/bin/pip install -e '.[bench]'     # faiss-cpu, matplotlib, hnswlib (compiles)
-    .venv/bin/python bench/bench_recall_qps.py          # ~6 min (hnswlib build ~50 s)
+    .venv/bin/python bench/bench_recall_qps.py          # ~8 min (hnswlib build ~50 s)
     .venv/bin/python bench/bench_recall_qps.py --quick  # 20k docs
 
 Prints a progress line per point, then a table (recall, QPS and p50/p99 at batch 1 and
-32); writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
+32); then times the funnels that reach recall 0.95 again, interleaved with nestvec's and
+FAISS's flat 384 (issue 4's target (b), same moments of machine load), and prints their
+ratios; writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _threads  # noqa: E402  (thread env vars must be set before numpy loads)
 
 FUNNELS = [(32, 400), (32, 1000), (64, 100), (64, 200), (64, 400), (128, 50), (128, 100)]
+# Three stages: the wide shortlist is re-scored at 128 dims, only the narrow one at 384.
+FUNNELS3 = [[(64, 300), (128, 50)], [(64, 400), (128, 50)], [(64, 400), (128, 100)]]
 INT8_FUNNELS = [(64, 200), (64, 400), (128, 50), (128, 100)]
 EFS = [16, 32, 64, 128, 256]
 E2E = ["flat 384", "funnel 64:400", "int8 funnel 128:50"]  # points repeated over gRPC
@@ -105,6 +110,10 @@ def main() -> None:
         plan = plan_search(engine.config, dim, k, dim, [(fd, keep)])
         methods.append(("nestvec funnel", f"funnel {fd}:{keep}",
                         lambda q, p=plan: engine.search(q, p).ids))
+    for stages in FUNNELS3:
+        plan = plan_search(engine.config, dim, k, dim, stages)
+        methods.append(("nestvec funnel", "funnel " + ",".join(f"{d}:{c}" for d, c in stages),
+                        lambda q, p=plan: engine.search(q, p).ids))
     for fd, keep in INT8_FUNNELS:
         plan = plan_search(int8.config, dim, k, dim, [(fd, keep)])
         methods.append(("nestvec funnel int8", f"int8 funnel {fd}:{keep}",
@@ -142,9 +151,30 @@ def main() -> None:
               f"QPS batch 1 {pt['qps_b1']:>8,.0f}  batch 32 {pt['qps_b32']:>8,.0f}")
     if e2e is not None:
         e2e.close()
+    # Issue 4's target (b) compares funnels with the flat baselines: time those
+    # together, interleaved, so a burst of load from elsewhere hits all alike.
+    fns = {p["label"]: search for family, p, search in
+           ((m[0], next(p for p in points if p["label"] == m[1]), m[2]) for m in methods)
+           if p["label"] in ("flat 384", "faiss flat 384")
+           or (family.startswith("nestvec funnel") and p["recall"] >= 0.95)}
+    targets = {}
+    for b in (1, 32):
+        timing = C.interleaved(fns, C.batches(queries, b), a.seconds)
+        own, fx = timing["flat 384"].qps, timing["faiss flat 384"].qps
+        targets[f"b{b}"] = {label: {"qps": round(t.qps, 1), "x_own_flat_384": round(t.qps / own, 2),
+                                    "x_faiss_flat_384": round(t.qps / fx, 2)}
+                            for label, t in timing.items()}
+    C.log("target (b), funnels at recall >= 0.95 timed together with the flat baselines:")
+    print(C.markdown_table(
+        ["method", "recall@10", "QPS b1", "x own / FAISS flat 384, b1", "QPS b32",
+         "x own / FAISS flat 384, b32"],
+        [[lab, f"{next(p['recall'] for p in points if p['label'] == lab):.3f}"]
+         + sum(([f"{targets[b][lab]['qps']:,.0f}", f"{targets[b][lab]['x_own_flat_384']:.2f} / "
+                 f"{targets[b][lab]['x_faiss_flat_384']:.2f}"] for b in ("b1", "b32")), [])
+         for lab in fns]))
     path = C.write_results(a.out + ("_quick" if a.quick else ""), {
         "docs": int(docs.shape[0]), "threads": threads_info, "hnsw_build_s": round(hnsw_build, 1),
-        "machine": C.machine(), "points": points})
+        "machine": C.machine(), "points": points, "targets_interleaved": targets})
     C.log(f"wrote {path}")
     rows = [[p["label"], f"{p['recall']:.3f}",
              f"{p['qps_b1']:,.0f}", f"{p['p50_ms_b1']:.2f} / {p['p99_ms_b1']:.2f}",

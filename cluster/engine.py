@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster import kernels
+from nestvec.cluster import kernels, parallel
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
+from nestvec.cluster.topk import order as topk_order
 from nestvec.cluster.topk import run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
@@ -33,6 +34,8 @@ FAST_PREFIX_MAX_DIM = 64
 # its fused scan + top-k (kernels.py) while at most this many rows are dead.
 KERNEL_MAX_DEAD = 4096
 use_kernel = kernels.available()  # module switch: tests run both paths
+split_search = True  # module switch: batches on several cores (parallel.py) when set_threads > 1
+SPLIT_MIN_ROWS = 8192  # a scan splits into row ranges of at least this many rows
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
 
 
@@ -187,7 +190,9 @@ class ShardEngine:
 
     def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
         """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
-        if plan.stages:
+        if len(plan.stages) > 1:
+            ids, keys = self._funnel_pruned(queries, plan)
+        elif plan.stages:
             cand = self.funnel_candidates(queries, plan)
             ids, keys = run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
         else:
@@ -199,14 +204,32 @@ class ShardEngine:
         rows, keys = self._best_rows(queries, min(k, len(self)), dim)
         return self._row_ids[rows], keys
 
-    def _best_rows(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """[Q, k] rows and keys of the k best live rows at `dim`, by (key desc, id asc)."""
+    def _best_rows(self, queries: np.ndarray, k: int, dim: int, sort: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, k] rows and keys of the k best live rows at `dim`, in (key desc, id asc)
+        order (any order without `sort`: a shortlist whose next stage sorts)."""
         found = self._kernel_rows(queries, k, dim)
         if found is not None:
             return found
-        keys = self._scan_keys(queries, dim)
-        cols = top_columns(keys, self._row_ids[: self._n], k)
-        return cols, np.take_along_axis(keys, cols, axis=1)
+        ways = parallel.ways(queries.shape[0]) if split_search else 1
+        if ways == 1 or self._n < ways * SPLIT_MIN_ROWS:
+            return self._best_in_range(queries, k, dim, 0, self._n, sort)
+        # Each part scans and selects in its own row range (a shard of the rows); the
+        # global best k are among the parts' best k, merged by the same order.
+        bounds = np.linspace(0, self._n, ways + 1).astype(np.int64)
+        parts = parallel.run(lambda r: self._best_in_range(queries, k, dim, *r),
+                             list(zip(bounds[:-1], bounds[1:])))
+        rows = np.concatenate([p[0] for p in parts], axis=1)
+        keys = np.concatenate([p[1] for p in parts], axis=1)
+        best = top_columns(keys, self._row_ids[rows], k, sort)
+        return np.take_along_axis(rows, best, axis=1), np.take_along_axis(keys, best, axis=1)
+
+    def _best_in_range(self, queries: np.ndarray, k: int, dim: int, lo: int, hi: int,
+                       sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """_best_rows among rows lo..hi (dead rows there may fill up a short range)."""
+        keys = self._scan_keys(queries, dim, lo, hi)
+        cols = top_columns(keys, self._row_ids[lo:hi], k, sort)
+        return cols + lo, np.take_along_axis(keys, cols, axis=1)
 
     def _kernel_rows(self, queries: np.ndarray, k: int, dim: int):
         """_best_rows through FAISS's fused kernel, or None where it does not apply.
@@ -231,7 +254,7 @@ class ShardEngine:
             live_first = self._live_first(rows)[:, : k + 1]
             rows = np.take_along_axis(rows, live_first, axis=1)
             keys = np.take_along_axis(keys, live_first, axis=1)
-        order = np.lexsort((self._row_ids[rows], -keys), axis=1)
+        order = topk_order(keys, self._row_ids[rows])
         rows = np.take_along_axis(rows, order, axis=1)
         keys = np.take_along_axis(keys, order, axis=1).astype(np.float32)
         tied = np.flatnonzero(keys[:, k - 1] == keys[:, k]) if k else np.empty(0, int)
@@ -249,23 +272,47 @@ class ShardEngine:
         Survivors carry keys at all later stages and at the final dim so a merge of
         several shards' candidates can run the remaining stages exactly (topk.run_funnel).
         """
-        first_dim, first_keep = plan.stages[0]
-        keep = min(first_keep, len(self))
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
+        cols, keys = self._first_stage(queries, plan.stages[0], later_dims)
+        return Candidates(self._row_ids[cols], keys)
+
+    def _first_stage(self, queries: np.ndarray, stage: tuple[int, int], later_dims: list[int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, keep] rows best at the stage's dim (by (key desc, id asc)) and their keys
+        at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)]."""
+        first_dim, first_keep = stage
+        keep = min(first_keep, len(self))
         lp = self._lowp.get(first_dim)
         wide = None if lp is None else self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
         if wide is not None:
             # A few extra rows shortlisted on the low-precision copy; keep the best by
             # their exact float32 key: shards send exact keys, so merges stay exact.
             keys = self._rescore(queries, wide, [first_dim] + later_dims)
-            order = np.lexsort((self._row_ids[wide], -keys[..., 0]), axis=1)[:, :keep]
-            cols = np.take_along_axis(wide, order, axis=1)
-            return Candidates(self._row_ids[cols], np.take_along_axis(keys, order[..., None], axis=1))
-        cols, keys1 = self._best_rows(queries, keep, first_dim)
+            order = topk_order(keys[..., 0], self._row_ids[wide])[:, :keep]
+            return (np.take_along_axis(wide, order, axis=1),
+                    np.take_along_axis(keys, order[..., None], axis=1))
+        cols, keys1 = self._best_rows(queries, keep, first_dim, sort=False)  # later stages sort
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
-        out[..., 1:] = self._rescore(queries, cols, later_dims)
-        return Candidates(self._row_ids[cols], out)
+        if later_dims:
+            out[..., 1:] = self._rescore(queries, cols, later_dims)
+        return cols, out
+
+    def _funnel_pruned(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+        """A funnel of several stages inside one engine: each stage re-scores only the
+        previous stage's survivors, so 64:400 -> 128:50 -> 384 gathers 400 rows at 128
+        dims and 50 at 384, not 400 at both as funnel_candidates must (a merge of
+        shards needs every key). The same answer as run_funnel on funnel_candidates:
+        each stage keeps its best by (key desc, id asc) among the previous survivors."""
+        cols, _ = self._first_stage(queries, plan.stages[0], [])
+        later = [*plan.stages[1:], (plan.dim, plan.k)]
+        for i, (d, keep) in enumerate(later):
+            keys = self._rescore(queries, cols, [d])[..., 0]
+            if keep < cols.shape[1] or i == len(later) - 1:  # the final rank always sorts
+                order = topk_order(keys, self._row_ids[cols])[:, :keep]
+                cols = np.take_along_axis(cols, order, axis=1)
+                keys = np.take_along_axis(keys, order, axis=1)
+        return self._row_ids[cols], keys
 
     def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray | None:
         """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate),
@@ -320,26 +367,29 @@ class ShardEngine:
         return found, keys
 
     # ----- internals ------------------------------------------------------------
-    def _scan_keys(self, queries: np.ndarray, dim: int) -> np.ndarray:
-        """[Q, n] keys of every row at prefix `dim`: one matrix product on the view."""
-        n = self._n
+    def _scan_keys(self, queries: np.ndarray, dim: int, lo: int = 0, hi: int | None = None
+                   ) -> np.ndarray:
+        """[Q, hi - lo] keys of rows lo..hi (default: all) at prefix `dim`: one matrix
+        product on the view."""
+        hi = self._n if hi is None else hi
         fast = self._fast.get(dim)
         # strided view of the full matrix (BLAS reads it without a copy), or the contiguous copy
-        x = self._vectors[:n, :dim] if fast is None else fast[:n]
+        x = self._vectors[lo:hi, :dim] if fast is None else fast[lo:hi]
         q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
         if self.metric == "cosine":
             keys = _unit_rows(q) @ x.T
             if fast is None:  # the copy's rows are already unit length at this dim
-                keys *= self._scan_term(dim)[None, :]
+                keys *= self._scan_term(dim)[None, lo:hi]
         elif self.metric == "dot":
             keys = q @ x.T
         else:  # l2: -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; |q|^2 is added back in keys_to_scores
             keys = q @ x.T
             keys *= 2
-            keys -= self._scan_term(dim)[None, :]
+            keys -= self._scan_term(dim)[None, lo:hi]
         dead = self._dead()
         if dead.size:
-            keys[:, dead] = -np.inf
+            dead = dead[(dead >= lo) & (dead < hi)]
+            keys[:, dead - lo] = -np.inf
         return keys
 
     def _scan_term(self, dim: int) -> np.ndarray:
@@ -362,6 +412,12 @@ class ShardEngine:
         so the gathered block stays about _GATHER_BYTES.
         """
         n_q, m = cols.shape
+        ways = parallel.ways(n_q) if split_search else 1
+        if ways > 1:  # a re-rank's cost is per query: split the queries
+            bounds = np.linspace(0, n_q, ways + 1).astype(np.int64)
+            return np.concatenate(parallel.run(
+                lambda r: self._rescore(queries[r[0]: r[1]], cols[r[0]: r[1]], dims),
+                list(zip(bounds[:-1], bounds[1:]))))
         top = max(dims)
         out = np.empty((n_q, m, len(dims)), dtype=np.float32)
         step = max(1, _GATHER_BYTES // max(1, m * top * 4))

@@ -1,9 +1,12 @@
 """An optional fused scan + top-k kernel: FAISS's brute-force `knn` on a contiguous matrix.
 
-numpy's product + argpartition pays ~0.14 ms per query per 100k rows for the
-selection alone; FAISS keeps a heap per query while it scans (BLAS blocks, then
-a threshold check per score), about 2x faster for batches of 20+ queries on
-the small contiguous prefix copies (bench: docs/benchmarks.md). FAISS is an
+FAISS keeps a heap per query while it scans (BLAS blocks, then a threshold
+check per score). Against numpy's product + argpartition (~0.14 ms per query per
+100k rows for the selection alone) it was about 2x faster for batches of 20+
+queries on the small contiguous prefix copies; against the threshold selection
+(topk._prefilter) with the batch split over the cores (parallel.py) it is 2-4x
+slower at batches of 20-64 and only ahead from about 128 (flat 64 at batch 128:
+6,300 vs 4,700 QPS, corpusA, 2 threads), hence MIN_BATCH. FAISS is an
 optional dependency (`pip install nestvec[fast]`); without it the engine uses
 numpy everywhere and answers the same.
 """
@@ -21,7 +24,7 @@ except ImportError:  # the engine falls back to numpy
 if faiss is not None:
     faiss.cvar.distance_compute_blas_threshold = 20
 
-MIN_BATCH = 20  # below this numpy's product + argpartition is as fast
+MIN_BATCH = 96  # below this numpy's product + threshold selection is faster (see above)
 
 
 def available() -> bool:

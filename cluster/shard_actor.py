@@ -219,6 +219,7 @@ def _limit_threads(n: int) -> None:
     """
     import threadpoolctl
 
-    from nestvec.cluster import kernels
+    from nestvec.cluster import kernels, parallel
     threadpoolctl.threadpool_limits(n)
     kernels.set_threads(n)
+    parallel.set_threads(n)  # batches then run as n parts of one BLAS thread each

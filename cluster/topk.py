@@ -14,6 +14,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def order(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row of [Q, M] keys, the column order by (key desc, id asc): np.lexsort's
+    answer. A stable argsort by key alone is ~8x faster than lexsort on two keys
+    and already right where no two keys of a row are equal; rows with equal keys
+    (rare outside of duplicated vectors) are lexsorted."""
+    idx = np.argsort(-keys, axis=1, kind="stable")
+    if keys.shape[1] < 2:
+        return idx
+    sk = np.take_along_axis(keys, idx, axis=1)
+    tied = np.flatnonzero((sk[:, 1:] == sk[:, :-1]).any(axis=1))
+    if tied.size:
+        ids = np.broadcast_to(ids, keys.shape)
+        idx[tied] = np.lexsort((ids[tied], -keys[tied]), axis=1)
+    return idx
+
+
 def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best `k` of each row of ([Q, M] ids, [Q, M] keys), sorted by (key desc, id asc).
 
@@ -22,24 +38,96 @@ def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, n
     `keys` (per-stage keys, [Q, M, S]) are carried along; the order uses [..., 0].
     """
     primary = keys if keys.ndim == 2 else keys[..., 0]
-    order = np.lexsort((ids, -primary), axis=1)[:, :k]
-    out_ids = np.take_along_axis(ids, order, axis=1)
+    best = order(primary, ids)[:, :k]
+    out_ids = np.take_along_axis(ids, best, axis=1)
     if keys.ndim == 2:
-        return out_ids, np.take_along_axis(primary, order, axis=1)
-    return out_ids, np.take_along_axis(keys, order[..., None], axis=1)
+        return out_ids, np.take_along_axis(primary, best, axis=1)
+    return out_ids, np.take_along_axis(keys, best[..., None], axis=1)
 
 
-def top_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
+# The threshold path (see _prefilter) pays off once a row is this wide and k is
+# at most 1/PREFILTER_MAX_K_FRACTION of it; below that argpartition is cheap anyway.
+PREFILTER_MIN_COLS = 4096
+PREFILTER_MAX_K_FRACTION = 8
+SAMPLE_STRIDE = 32  # every 32nd column estimates a row's threshold
+# Columns per row the threshold aims to pass, in units of k + 1: fewer make the
+# selection among them cheaper, but more rows fall short and go the slow way.
+SURVIVORS = 2.0
+
+
+def top_columns(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
     """Column indices of the best `k` keys of each row of a wide [Q, N] matrix.
 
     `col_ids[j]` is the id of column j; ties at the k-th key go to the smaller
     id, exactly as a full sort would decide. Returns [Q, k] column indices sorted
-    by (key desc, id asc). Uses one argpartition per row (O(N)), not a sort.
+    by (key desc, id asc), or in no set order with `sort=False` (a shortlist
+    whose next stage sorts anyway). Keys must be free of NaN (-inf is fine).
+
+    Wide rows first drop every column below a threshold that a column sample
+    says leaves a few times k survivors (_prefilter), and select among those;
+    argpartition over the whole row (O(N), ~0.14 ms per 100k columns) remains
+    for narrow rows and for rows the threshold left fewer than k columns.
     """
     n_queries, n = keys.shape
     k = min(k, n)
     if k == 0:
         return np.empty((n_queries, 0), dtype=np.intp)
+    if n >= PREFILTER_MIN_COLS and k * PREFILTER_MAX_K_FRACTION <= n:
+        return _prefilter(keys, col_ids, k, sort)
+    return _select(keys, col_ids, k, sort)
+
+
+def _prefilter(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
+    """top_columns by a per-row threshold: exact, and ~5x faster than argpartition.
+
+    A row's k best keys are all >= t whenever at least k keys are >= t (the k-th
+    best is then >= t, and so is every key tied with it), so selecting among the
+    columns >= t gives exactly the full answer, tie rule included. t is the r-th
+    best of every SAMPLE_STRIDE-th column, r chosen so ~SURVIVORS x (k+1) columns pass.
+    """
+    n_queries, n = keys.shape
+    sample = keys[:, ::SAMPLE_STRIDE]
+    m = sample.shape[1]
+    r = min(m, int(np.ceil(SURVIVORS * (k + 1) * m / n)) + 3)
+    thr = np.partition(sample, m - r, axis=1)[:, m - r]
+    # One compare and one flatnonzero over the whole matrix: a 2-D np.nonzero or
+    # a loop over rows costs several times more. Hits come out grouped by row.
+    hit = np.flatnonzero(keys >= thr[:, None])
+    row = hit // n
+    counts = np.bincount(row, minlength=n_queries)
+    # A -inf threshold would pass dead rows (keys -inf) and padding could tie with
+    # them; rows with most columns passing (heavy ties) are cheaper the plain way.
+    ok = (counts >= k) & (counts <= n // 4) & np.isfinite(thr)
+    out = np.empty((n_queries, k), dtype=np.intp)
+    if ok.any():
+        sel = ok[row]
+        hit, row = hit[sel], row[sel]
+        starts = np.cumsum(counts * ok) - counts * ok
+        pos = np.arange(hit.size) - starts[row]
+        good = np.flatnonzero(ok)
+        dense = np.cumsum(ok) - 1           # row -> its index among the ok rows
+        width = int(counts[good].max())
+        # Survivors packed left in a [ok rows, width] matrix; padding is -inf, below
+        # every survivor (they are >= a finite threshold), so it is never chosen.
+        packed = np.full((good.size, width), -np.inf, dtype=keys.dtype)
+        cols = np.zeros((good.size, width), dtype=np.intp)
+        packed[dense[row], pos] = keys.ravel()[hit]
+        cols[dense[row], pos] = hit - row * n
+        best = _select(packed, col_ids[cols], k, sort)
+        out[good] = np.take_along_axis(cols, best, axis=1)
+    bad = np.flatnonzero(~ok)
+    if bad.size:  # rare: the sample misjudged the row, or the row is mostly ties
+        out[bad] = _select(keys[bad], col_ids, k, sort)
+    return out
+
+
+def _select(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
+    """top_columns by one argpartition per row (O(N)), not a sort.
+
+    `col_ids` is [N] (the same ids in every row) or [Q, N] (ids per row).
+    """
+    n_queries, n = keys.shape
+    ids = np.broadcast_to(col_ids, keys.shape)
     if k == n:
         cols = np.broadcast_to(np.arange(n), keys.shape)
     else:
@@ -53,18 +141,19 @@ def top_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
         if tied.size:
             cols = cols.copy()
             for q in tied:  # rare: only rows whose k-th key is shared by a column left out
-                cols[q] = _resolve_tie(keys[q], col_ids, k, worst_in[q])
+                cols[q] = _resolve_tie(keys[q], ids[q], k, worst_in[q])
     cols = np.ascontiguousarray(cols)
+    if not sort:
+        return cols
     sel_keys = np.take_along_axis(keys, cols, axis=1)
-    order = np.lexsort((col_ids[cols], -sel_keys), axis=1)
-    return np.take_along_axis(cols, order, axis=1)
+    return np.take_along_axis(cols, order(sel_keys, np.take_along_axis(ids, cols, axis=1)), axis=1)
 
 
-def _resolve_tie(row: np.ndarray, col_ids: np.ndarray, k: int, cut: float) -> np.ndarray:
+def _resolve_tie(row: np.ndarray, row_ids: np.ndarray, k: int, cut: float) -> np.ndarray:
     """The k best columns of one row whose k-th key `cut` is shared across the cut."""
     above = np.flatnonzero(row > cut)
     at = np.flatnonzero(row == cut)
-    at = at[np.argsort(col_ids[at], kind="stable")[: k - above.size]]
+    at = at[np.argsort(row_ids[at], kind="stable")[: k - above.size]]
     return np.concatenate([above, at])
 
 

@@ -26,7 +26,7 @@ def _search(e, q, k, dim, kernel: bool, funnel=None):
 
 @pytest.fixture(scope="module")
 def data(corpus):
-    return corpus["docs"][:8000], corpus["queries"][:40]
+    return corpus["docs"][:8000], corpus["queries"][: kernels.MIN_BATCH + 4]  # batches the kernel serves
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -70,7 +70,7 @@ def test_ties_across_the_cut_go_to_the_smaller_id():
     ids = rng.permutation(np.arange(1000, 1500)).astype(np.uint64)
     e = ShardEngine(CollectionConfig.create("k", 64, "dot", [32, 64]))
     e.upsert(ids, x)
-    q = np.tile(x[0], (25, 1))
+    q = np.tile(x[0], (kernels.MIN_BATCH, 1))
     fast = _search(e, q, 10, 32, True)
     smallest = np.sort(ids[100:130])[:10]
     for row in fast.ids:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from nestvec.cluster.topk import merge_topk, run_funnel, top_columns
+from nestvec.cluster import topk
+from nestvec.cluster.topk import merge_topk, order, run_funnel, top_columns
 
 
 def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:
@@ -20,6 +23,26 @@ def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarr
 def tie_heavy_keys(rng, shape, levels: int = 3) -> np.ndarray:
     """Keys drawn from a few values, so almost every k cut falls inside a tie."""
     return rng.integers(0, levels, size=shape).astype(np.float32)
+
+
+# ----- order ----------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 5), m=st.integers(0, 60),
+       levels=st.sampled_from([1, 2, 4, None]), per_row_ids=st.booleans())
+def test_order_equals_lexsort(data, rows, m, levels, per_row_ids):
+    # argsort by key, lexsort only where a row has equal keys: the same order as
+    # lexsort by (key desc, id asc) always, ties, -inf, and -0.0 == 0.0 included.
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if levels is None:
+        keys = rng.normal(size=(rows, m)).astype(np.float32)
+    else:
+        keys = rng.integers(0, levels, size=(rows, m)).astype(np.float32) - 1
+        keys[keys == 0] = rng.choice([0.0, -0.0], size=int((keys == 0).sum()))
+    keys[rng.random((rows, m)) < 0.1] = -np.inf
+    shape = (rows, m) if per_row_ids else (m,)
+    ids = rng.choice(10 * rows * m + 10, size=shape, replace=False).astype(np.uint64)
+    want = np.lexsort((np.broadcast_to(ids, keys.shape), -keys), axis=1)
+    np.testing.assert_array_equal(order(keys, ids), want)
 
 
 # ----- merge_topk ----------------------------------------------------------------
@@ -131,6 +154,83 @@ def test_top_columns_k_above_n_returns_all_sorted():
 def test_top_columns_empty():
     assert top_columns(np.empty((2, 0), np.float32), np.empty(0, np.uint64), 5).shape == (2, 0)
     assert top_columns(np.ones((2, 5), np.float32), np.arange(5, dtype=np.uint64), 0).shape == (2, 0)
+
+
+# ----- top_columns' threshold path (wide rows) -------------------------------------
+@pytest.mark.parametrize("k", [1, 10, 100, 400, 1000, 1250])
+def test_prefilter_path_random_keys(k):
+    # 10,000 columns: wide enough for the threshold path at every k here.
+    rng = np.random.default_rng(k)
+    keys = rng.normal(size=(32, 10_000)).astype(np.float32)
+    col_ids = rng.permutation(10**6)[:10_000].astype(np.uint64)
+    np.testing.assert_array_equal(top_columns(keys, col_ids, k), full_sort_columns(keys, col_ids, k))
+
+
+@pytest.mark.parametrize("n", [300, 10_000])
+def test_unsorted_top_columns_hold_the_same_set(n):
+    # sort=False (a shortlist) returns the same columns, in no set order; ties included.
+    rng = np.random.default_rng(n)
+    keys = tie_heavy_keys(rng, (16, n), 40)
+    col_ids = rng.permutation(n).astype(np.uint64)
+    for k in (1, 10, 37, n // 8):
+        got = top_columns(keys, col_ids, k, sort=False)
+        np.testing.assert_array_equal(np.sort(got, axis=1),
+                                      np.sort(full_sort_columns(keys, col_ids, k), axis=1))
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 50, 1000])
+def test_prefilter_path_ties_and_duplicates(levels):
+    # Few distinct values: the threshold itself is tied and most rows fall back;
+    # many: ties at the k-th key cross the cut inside the survivors.
+    rng = np.random.default_rng(levels)
+    keys = tie_heavy_keys(rng, (20, 8192), levels)
+    col_ids = (rng.permutation(8192).astype(np.uint64) * 7) + 3
+    for k in (1, 10, 64, 1000):
+        np.testing.assert_array_equal(top_columns(keys, col_ids, k),
+                                      full_sort_columns(keys, col_ids, k))
+
+
+def test_prefilter_path_dead_columns_and_misjudged_rows():
+    # Row 0: every column -inf but a few (threshold -inf). Row 1: the best keys sit
+    # exactly off the sample's stride, so the sample overestimates nothing: the
+    # threshold passes fewer than k columns and the row must fall back. Row 2: all
+    # columns equal. Row 3: dead columns everywhere but enough live ones.
+    n, k = 8192, 50
+    rng = np.random.default_rng(5)
+    keys = rng.normal(size=(4, n)).astype(np.float32)
+    keys[0] = -np.inf
+    keys[0, rng.choice(n, 20, replace=False)] = 1.0
+    keys[1] = np.where(np.arange(n) % topk.SAMPLE_STRIDE == 0, 10.0, keys[1])
+    keys[2] = 0.5
+    keys[3, ::2] = -np.inf
+    col_ids = rng.permutation(n).astype(np.uint64)
+    for kk in (k, 20, 21, 1):
+        np.testing.assert_array_equal(top_columns(keys, col_ids, kk),
+                                      full_sort_columns(keys, col_ids, kk))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), rows=st.integers(1, 6), n=st.integers(1, 300),
+       levels=st.sampled_from([1, 2, 5, 1000, None]), dead=st.floats(0.0, 0.9))
+def test_prefilter_property(data, rows, n, levels, dead):
+    # The threshold path on small shapes (its floors lowered), against a full
+    # sort: ties, duplicated keys, -inf columns, k from 1 to n, tiny n.
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if levels is None:
+        keys = rng.normal(size=(rows, n)).astype(np.float32)
+    else:
+        keys = rng.integers(0, levels, size=(rows, n)).astype(np.float32)
+    keys[rng.random((rows, n)) < dead] = -np.inf
+    col_ids = rng.choice(10 * n + 10, n, replace=False).astype(np.uint64)
+    # small k (the threshold path's case) as often as any k up to n (mostly fallback)
+    k = data.draw(st.one_of(st.integers(1, max(1, n // 10)), st.integers(1, n)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(topk, "PREFILTER_MIN_COLS", 1)
+        mp.setattr(topk, "PREFILTER_MAX_K_FRACTION", 1)
+        mp.setattr(topk, "SAMPLE_STRIDE", data.draw(st.sampled_from([1, 2, 3, 7])))
+        got = top_columns(keys, col_ids, k)
+    np.testing.assert_array_equal(got, full_sort_columns(keys, col_ids, k))
 
 
 # ----- run_funnel ----------------------------------------------------------------
