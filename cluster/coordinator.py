@@ -378,6 +378,8 @@ class Coordinator:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
             rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
         direct = (yield from self._direct_clients(c)) if queries.nbytes <= MAX_QUERY_BYTES else None
+        if direct is not None and not any(direct):
+            direct = None  # every shard is on another node: plain Ray, no empty socket round
         big = queries.nbytes > _INLINE_BYTES and not (direct and all(direct))
         q_arg = ray.put(queries) if big else queries
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
@@ -666,7 +668,7 @@ def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
     """Run the calls that have a direct channel (send all, then read all); returns the
     indices left for Ray: those without a channel and those whose socket failed."""
     queries, plan = fan.direct_args
-    todo, sent = [], []
+    todo, sent, failed = [], [], False
     try:
         for i, client in enumerate(fan.direct):
             if client is None:
@@ -676,16 +678,18 @@ def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
                 sent.append((i, client, client.send(queries, plan, deadline.wall_end, deadline.remaining())))
             except DirectUnavailable:
                 todo.append(i)
+                failed = True
         while sent:
             i, client, conn = sent.pop(0)
             try:
                 results[i] = client.receive(conn)
             except DirectUnavailable:
                 todo.append(i)
+                failed = True
     finally:
         for _, client, conn in sent:  # a shard's error ended the round: drop the unread replies
             client.abandon(conn)
-    if len(todo) > fan.direct.count(None) and fan.on_direct_down:
+    if failed and fan.on_direct_down:
         fan.on_direct_down()
     return sorted(todo)
 
