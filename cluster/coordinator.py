@@ -39,7 +39,7 @@ from ray import exceptions as ray_errors
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nestvec.cluster import collection as col
-from nestvec.cluster import datadir, planner
+from nestvec.cluster import datadir, funnel_rounds, planner
 from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.direct import MAX_QUERY_BYTES, DirectClient, DirectUnavailable
@@ -53,6 +53,11 @@ from nestvec.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition,
                             NestvecError, NotFound, Unavailable)
 
 DEFAULT_NAMESPACE = "nestvec"
+# A funnel over several shards runs in rounds (funnel_rounds.py) once queries x
+# stage-1 candidates reach this many rows; below it one fan-out is cheaper than the
+# extra round trips (~0.1 ms each over the sockets, ~1 ms as Ray calls).
+ROUNDS_MIN_ROWS_DIRECT = 1024
+ROUNDS_MIN_ROWS_RAY = 8192
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
 _INLINE_BYTES = 100_000   # larger query batches go to the object store once, not once per shard
 
@@ -86,10 +91,16 @@ class Fanout:
     retry: bool = True         # re-issue calls whose actor died (durable shards restart)
     deadline: bool = False     # pass the request's wall-clock deadline (shard data calls)
     # Searches only: per call, the shard's DirectClient (None: use Ray), the
-    # (queries, plan) to send it, and what to do when a socket fails.
+    # (queries, plan[, round]) to send it (one tuple for every call, or a list with
+    # one per call), and what to do when a socket fails.
     direct: list | None = None
-    direct_args: tuple = ()
+    direct_args: tuple | list = ()
     on_direct_down: Callable[[], None] | None = None
+
+    def direct_call(self, i: int) -> tuple:
+        """(queries, plan, round or None) for call i's socket."""
+        args = self.direct_args[i] if isinstance(self.direct_args, list) else self.direct_args
+        return (*args, None) if len(args) == 2 else args
 
 
 Plan = Generator[Fanout, list, Any]
@@ -155,10 +166,14 @@ class Coordinator:
                  create_catalog: bool = False, data_dir: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05,
                  limits: Limits = DEFAULT_LIMITS, shard_threads: int = 1,
-                 placement: Placement | None = None, direct: bool = True):
-        """`direct=False` sends every search through Ray (to compare, or to debug)."""
+                 placement: Placement | None = None, direct: bool = True,
+                 funnel_in_rounds: bool | None = None):
+        """`direct=False` sends every search through Ray (to compare, or to debug).
+        `funnel_in_rounds` True/False forces funnels into rounds or one fan-out (default:
+        chosen per search by `_in_rounds`)."""
         self.namespace = namespace
         self.direct = direct
+        self.funnel_in_rounds = funnel_in_rounds
         self._node_id = ray.get_runtime_context().get_node_id()
         self.limits = limits
         self.default_shards = default_shards
@@ -382,6 +397,12 @@ class Coordinator:
             direct = None  # every shard is on another node: plain Ray, no empty socket round
         big = queries.nbytes > _INLINE_BYTES and not (direct and all(direct))
         q_arg = ray.put(queries) if big else queries
+        if plan.stages and not plan.ann_candidates and self._in_rounds(c, queries, plan, direct):
+            ids, keys, missing = yield from self._funnel_rounds(c, queries, q_arg, plan, direct,
+                                                                allow_partial)
+            return ClusterSearchResult(ids, keys_to_scores(c.config.metric, queries, keys, plan.dim),
+                                       missing, [list(s) for s in plan.stages] if chosen else [],
+                                       chosen.recall if chosen else None)
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True, direct=direct,
                              direct_args=(queries, plan), on_direct_down=functools.partial(self._forget_direct, c))
@@ -394,6 +415,56 @@ class Coordinator:
                                    [list(s) for s in plan.stages] if chosen else [],
                                    chosen.recall if chosen else None,
                                    (plan.ef, plan.ann_candidates) if chosen and chosen.ann else ())
+
+    def _in_rounds(self, c: _Collection, queries: np.ndarray, plan: SearchPlan, direct) -> bool:
+        """Run this funnel in rounds (funnel_rounds.py) rather than in one fan-out?
+        Always with one shard (one call runs the whole pruned funnel there); with
+        several, once the shortlists are big enough that re-ranking only the global
+        survivors saves more than the extra round trips cost."""
+        if self.funnel_in_rounds is not None:
+            return self.funnel_in_rounds
+        if len(c.shards) == 1:
+            return True
+        rows = queries.shape[0] * plan.stages[0][1]
+        return rows >= (ROUNDS_MIN_ROWS_DIRECT if direct and all(direct) else ROUNDS_MIN_ROWS_RAY)
+
+    def _funnel_rounds(self, c: _Collection, queries: np.ndarray, q_arg, plan: SearchPlan,
+                       direct, partial: bool):
+        """A funnel across the shards, one round per stage (funnel_rounds.py).
+        Returns ([Q, kk] ids, keys, missing shards)."""
+        def fan(shards: list[int], rounds: list[tuple]) -> Fanout:
+            return Fanout([(c.shards[i].funnel_round, (q_arg, plan, *r)) for i, r in zip(shards, rounds)],
+                          partial_ok=partial, deadline=True,
+                          direct=[direct[i] for i in shards] if direct else None,
+                          direct_args=[(queries, plan, r) for r in rounds],
+                          on_direct_down=functools.partial(self._forget_direct, c))
+
+        def unreachable():
+            return Unavailable(f"no shard of collection {c.config.name!r} is reachable; retry later")
+
+        if len(c.shards) == 1:  # the shard holds everything: it runs the whole funnel
+            (got,) = yield fan([0], [(-1, None, None)])
+            if got is None:
+                raise unreachable()
+            return got[0], got[1], []
+        missing: set[int] = set()
+        shards, rounds = list(range(len(c.shards))), [(0, None, None)] * len(c.shards)
+        for stage in range(len(plan.stages) + 1):
+            got = yield fan(shards, rounds)
+            missing |= {i for i, g in zip(shards, got) if g is None}
+            parts = [(i, *g) for i, g in zip(shards, got) if g is not None]
+            if not parts:
+                raise unreachable()
+            if stage == len(plan.stages):
+                ids, keys = funnel_rounds.final([p[1:] for p in parts], plan.k)
+                return ids, keys, sorted(missing)
+            surv = funnel_rounds.cut(parts, plan.stages[stage][1])
+            shares = [(i, funnel_rounds.share(surv, i)) for i in range(len(c.shards)) if i not in missing]
+            shares = [(i, sh) for i, sh in shares if sh is not None]
+            if not shares:  # every survivor was deleted between the rounds
+                return (np.zeros((queries.shape[0], 0), np.uint64),
+                        np.zeros((queries.shape[0], 0), np.float32), sorted(missing))
+            shards, rounds = [i for i, _ in shares], [(stage + 1, *sh) for _, sh in shares]
 
     @_both
     def calibrate(self, name: str, k: int = 10, queries=None) -> Plan:
@@ -667,15 +738,16 @@ def _run_sync(plan: Plan, timeout: float | None, retry_window: float) -> Any:
 def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
     """Run the calls that have a direct channel (send all, then read all); returns the
     indices left for Ray: those without a channel and those whose socket failed."""
-    queries, plan = fan.direct_args
     todo, sent, failed = [], [], False
     try:
         for i, client in enumerate(fan.direct):
             if client is None:
                 todo.append(i)
                 continue
+            queries, plan, round_ = fan.direct_call(i)
             try:
-                sent.append((i, client, client.send(queries, plan, deadline.wall_end, deadline.remaining())))
+                sent.append((i, client, client.send(queries, plan, deadline.wall_end,
+                                                    deadline.remaining(), round_)))
             except DirectUnavailable:
                 todo.append(i)
                 failed = True
@@ -696,10 +768,10 @@ def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
 
 async def _direct_async(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
     """The asyncio twin of _direct_sync."""
-    queries, plan = fan.direct_args
     idx = [i for i, client in enumerate(fan.direct) if client is not None]
     todo = [i for i, client in enumerate(fan.direct) if client is None]
-    calls = [fan.direct[i].asearch(queries, plan, deadline.wall_end) for i in idx]
+    calls = [fan.direct[i].asearch(*fan.direct_call(i)[:2], deadline.wall_end, fan.direct_call(i)[2])
+             for i in idx]
     if len(calls) == 1:  # the common single-shard case: no gather task
         try:
             got = [await asyncio.wait_for(calls[0], deadline.remaining())]

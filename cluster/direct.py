@@ -78,21 +78,36 @@ def _arrays(header: dict, data: memoryview, names: tuple[str, ...]) -> list[np.n
     return out
 
 
-def encode_request(queries: np.ndarray, plan: SearchPlan, deadline: float | None) -> list[bytes]:
+def encode_request(queries: np.ndarray, plan: SearchPlan, deadline: float | None,
+                   round_: tuple | None = None) -> list[bytes]:
+    """A search; with `round_` = (stage, ids or None, counts or None), one round of a
+    funnel run across shards (ShardActor.funnel_round)."""
     header = {"queries": [list(queries.shape), queries.dtype.str],
               "plan": {"k": plan.k, "dim": plan.dim, "stages": plan.stages,
                        "ann_candidates": plan.ann_candidates, "ef": plan.ef},
               "deadline": deadline}
-    return _pack(header, queries)
+    arrays = [queries]
+    if round_ is not None:
+        stage, ids, counts = round_
+        header["stage"] = int(stage)
+        if ids is not None:
+            header["ids"] = [list(ids.shape), ids.dtype.str]
+            header["counts"] = [list(counts.shape), counts.dtype.str]
+            arrays += [ids, counts]
+    return _pack(header, *arrays)
 
 
-def decode_request(payload: bytes) -> tuple[np.ndarray, SearchPlan, float | None]:
+def decode_request(payload: bytes) -> tuple[np.ndarray, SearchPlan, float | None, tuple | None]:
     header, data = _unpack(payload)
-    (queries,) = _arrays(header, data, ("queries",))
+    with_ids = "ids" in header
+    queries, *rest = _arrays(header, data, ("queries", "ids", "counts") if with_ids else ("queries",))
     p = header["plan"]
     plan = SearchPlan(int(p["k"]), int(p["dim"]), tuple(tuple(int(x) for x in s) for s in p["stages"]),
                       int(p["ann_candidates"]), int(p["ef"]))
-    return queries, plan, header["deadline"]
+    round_ = None
+    if "stage" in header:
+        round_ = (int(header["stage"]), *(rest if with_ids else (None, None)))
+    return queries, plan, header["deadline"], round_
 
 
 def encode_reply(ids: np.ndarray, keys: np.ndarray) -> list[bytes]:
@@ -115,11 +130,12 @@ def decode_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----- shard side ------------------------------------------------------------------
-Handler = Callable[[np.ndarray, SearchPlan, "float | None"], "tuple[np.ndarray, np.ndarray]"]
+Handler = Callable[[np.ndarray, SearchPlan, "float | None", "tuple | None"],
+                   "tuple[np.ndarray, np.ndarray]"]
 
 
 class DirectServer:
-    """Serves `handler(queries, plan, deadline) -> (ids, keys)` on a private Unix socket.
+    """Serves `handler(queries, plan, deadline, round) -> (ids, keys)` on a private Unix socket.
 
     One thread accepts; one thread per connection reads requests and answers them
     in order. The handler must do its own locking against the shard's other calls.
@@ -247,7 +263,7 @@ class DirectClient:
 
     # sync: two halves, so a fan-out can send to every shard before reading any reply
     def send(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
-             timeout: float | None) -> socket.socket:
+             timeout: float | None, round_: tuple | None = None) -> socket.socket:
         if not self._slots.acquire(timeout=-1 if timeout is None else timeout):
             raise DeadlineExceeded("the request's deadline passed waiting for a connection to a shard")
         with self._lock:
@@ -258,7 +274,7 @@ class DirectClient:
                 conn.connect(self.path)
                 conn.sendall(_LEN.pack(len(self.token)) + self.token)
             conn.settimeout(timeout)
-            _send_all(conn, encode_request(queries, plan, deadline))
+            _send_all(conn, encode_request(queries, plan, deadline, round_))
             return conn
         except OSError as err:
             if conn is not None:
@@ -287,8 +303,8 @@ class DirectClient:
         conn.close()
         self._slots.release()
 
-    async def asearch(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+    async def asearch(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
+                      round_: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One search; the caller bounds it with asyncio.wait_for (a cancelled call's
         connection is closed, never reused half-read)."""
         loop = asyncio.get_running_loop()
@@ -296,17 +312,17 @@ class DirectClient:
             self._aidle[loop] = (asyncio.Semaphore(MAX_CONNECTIONS), [])
         slots, idle = self._aidle[loop]
         async with slots:
-            return await self._asearch(idle, queries, plan, deadline)
+            return await self._asearch(idle, queries, plan, deadline, round_)
 
     async def _asearch(self, idle: list, queries: np.ndarray, plan: SearchPlan,
-                       deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+                       deadline: float | None, round_: tuple | None) -> tuple[np.ndarray, np.ndarray]:
         pair = idle.pop() if idle else None
         try:
             if pair is None:
                 pair = await asyncio.open_unix_connection(self.path)
                 pair[1].write(_LEN.pack(len(self.token)) + self.token)
             reader, writer = pair
-            writer.writelines(encode_request(queries, plan, deadline))
+            writer.writelines(encode_request(queries, plan, deadline, round_))
             (n,) = _LEN.unpack(await reader.readexactly(4))
             payload = await reader.readexactly(n)
         except (OSError, EOFError, asyncio.IncompleteReadError) as err:

@@ -190,14 +190,18 @@ class ShardEngine:
 
     def search(self, queries: np.ndarray, plan: SearchPlan) -> SearchResult:
         """Exact top-k at `plan.dim`, through the funnel's stages if it has any."""
-        if len(plan.stages) > 1:
-            ids, keys = self._funnel_pruned(queries, plan)
-        elif plan.stages:
-            cand = self.funnel_candidates(queries, plan)
-            ids, keys = run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
+        if plan.stages:
+            ids, keys = self.funnel_keys(queries, plan)
         else:
             ids, keys = self.top_keys(queries, plan.k, plan.dim)
         return SearchResult(ids, keys_to_scores(self.metric, queries, keys, plan.dim))
+
+    def funnel_keys(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+        """The whole funnel in this engine: [Q, min(k, live)] ids and final keys."""
+        if len(plan.stages) > 1:
+            return self._funnel_pruned(queries, plan)
+        cand = self.funnel_candidates(queries, plan)
+        return run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
 
     def top_keys(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """[Q, min(k, live)] ids and keys of the best rows at prefix `dim`."""
@@ -313,6 +317,29 @@ class ShardEngine:
                 cols = np.take_along_axis(cols, order, axis=1)
                 keys = np.take_along_axis(keys, order, axis=1)
         return self._row_ids[cols], keys
+
+    # ----- a funnel over several shards, in rounds (coordinator._funnel_rounds) ----------
+    def shortlist(self, queries: np.ndarray, stage: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Round 1: [Q, keep] ids best at the stage's dim and their keys, in any order
+        (the coordinator cuts the shards' lists to the global shortlist)."""
+        cols, keys = self._first_stage(queries, stage, [])
+        return self._row_ids[cols], keys[..., 0]
+
+    def rescore_survivors(self, queries: np.ndarray, ids: np.ndarray, counts: np.ndarray,
+                          dim: int, best: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Later rounds: keys at `dim` of each query's first `counts[q]` ids (the rest of
+        the row is padding and gets -inf, as does an id deleted since round 1).
+
+        With `best`, only each row's `best` ids by (key desc, id asc) come back: the
+        last stage's global top-k is among the shards' own top-k of their survivors.
+        """
+        _, keys = self.rescore_ids(queries, ids, [dim])
+        keys = keys[..., 0]
+        keys[np.arange(ids.shape[1])[None, :] >= np.asarray(counts)[:, None]] = -np.inf
+        if best is None:
+            return ids, keys
+        order = topk_order(keys, ids)[:, :best]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(keys, order, axis=1)
 
     def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray | None:
         """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate),

@@ -88,9 +88,12 @@ class ShardActor:
         """Where coordinators on this node send searches (direct.py): node, socket path, token."""
         return {"node_id": ray.get_runtime_context().get_node_id(), **self.direct.address()}
 
-    def _direct_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None):
+    def _direct_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
+                       round_: tuple | None = None):
         with self._lock:
             self.direct_searches += 1
+            if round_ is not None:
+                return self._funnel_round(queries, plan, *round_, deadline)
             return self._search_keys(queries, plan, deadline)
 
     @_locked
@@ -135,6 +138,26 @@ class ShardActor:
             cand = self.engine.funnel_candidates(queries, plan)
             return cand.ids, cand.keys
         return self.engine.top_keys(queries, plan.k, plan.dim)
+
+    @_locked
+    def funnel_round(self, queries: np.ndarray, plan: SearchPlan, stage: int,
+                     ids: np.ndarray | None = None, counts: np.ndarray | None = None,
+                     deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One round of a funnel run across shards (funnel_rounds.py). `stage` 0: this
+        shard's shortlist at stage 1; 1..len(stages): re-score the given survivors
+        at that stage's dim (the last: the final dim, returning this shard's best k);
+        -1: the whole funnel here, final top-k (a collection of one shard)."""
+        return self._funnel_round(queries, plan, stage, ids, counts, deadline)
+
+    def _funnel_round(self, queries, plan, stage, ids, counts, deadline):
+        _check_deadline(deadline)
+        if stage == -1:
+            return self.engine.funnel_keys(queries, plan)
+        if stage == 0:
+            return self.engine.shortlist(queries, plan.stages[0])
+        last = stage == len(plan.stages)
+        dim = plan.dim if last else plan.stages[stage][0]
+        return self.engine.rescore_survivors(queries, ids, counts, dim, plan.k if last else None)
 
     @_locked
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

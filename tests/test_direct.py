@@ -26,7 +26,7 @@ from proc_util import kill9
 
 # ----- the channel alone (a real socket, a numpy handler) ----------------------------
 def _handler(calls: list):
-    def handle(queries, plan, deadline):
+    def handle(queries, plan, deadline, round_=None):
         calls.append((queries.copy(), plan, deadline))
         if plan.k == 99:
             raise InvalidArgument("k 99 is refused by this test handler")
@@ -49,8 +49,16 @@ def server():
 def test_codec_round_trips_every_shape():
     plan = SearchPlan(10, 64, ((32, 400), (128, 50)), ann_candidates=80, ef=96)
     q = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
-    q2, plan2, dl = direct.decode_request(b"".join(bytes(b) for b in direct.encode_request(q, plan, 12.5))[4:])
+    q2, plan2, dl, rnd = direct.decode_request(b"".join(bytes(b) for b in direct.encode_request(q, plan, 12.5))[4:])
     assert plan2 == plan and dl == 12.5 and q2.dtype == np.float32 and np.array_equal(q2, q)
+    assert rnd is None
+    # a funnel round: stage 0 carries no ids; later stages carry survivors and counts
+    _, _, _, rnd = direct.decode_request(b"".join(bytes(b) for b in direct.encode_request(q, plan, None, (0, None, None)))[4:])
+    assert rnd == (0, None, None)
+    ids, counts = np.arange(9, dtype=np.uint64).reshape(3, 3) + 2**63, np.array([3, 1, 0], np.int32)
+    q3, _, _, rnd = direct.decode_request(b"".join(bytes(b) for b in direct.encode_request(q, plan, None, (2, ids, counts)))[4:])
+    assert rnd[0] == 2 and np.array_equal(rnd[1], ids) and rnd[1].dtype == np.uint64
+    assert np.array_equal(rnd[2], counts) and np.array_equal(q3, q)
     for ids, keys in [(np.zeros((0, 10), np.uint64), np.zeros((0, 10), np.float32)),
                       (np.arange(6, dtype=np.uint64).reshape(2, 3), np.ones((2, 3, 2), np.float64))]:
         got = direct.decode_reply(b"".join(bytes(b) for b in direct.encode_reply(ids, keys))[4:])
@@ -168,7 +176,10 @@ def test_direct_and_ray_paths_agree_and_direct_is_used(coordinator, corpus):
         r = coordinator.search(name, queries, dim=64)
         assert_matches_oracle(r.ids, r.scores, np.arange(docs.shape[0]), docs, queries, "cosine", 64, 10)
         after = sum(s["direct_searches"] for s in _shard_stats(coordinator, name))
-        assert after - before == 2 * (4 * 2 + 1)  # 2 shards x (sync + async per case, + oracle)
+        # 2 shards x (sync + async per case, + oracle), + the funnel's second round
+        # (16 queries x 200 candidates: a funnel in rounds over the sockets; through Ray,
+        # one fan-out, and the answers above are equal)
+        assert after - before == 2 * (4 * 2 + 1) + 2 * 2
         # A shard's own error comes back as the same error type over the socket.
         with pytest.raises(InvalidArgument):
             coordinator.search(name, queries, dim=64, funnel=[(64, 5)])

@@ -1,0 +1,66 @@
+"""A funnel over several shards, run in rounds: the coordinator's arithmetic.
+
+In one round (ShardEngine.funnel_candidates) every shard must re-score its whole
+local shortlist at every later dim, because only the merge knows which of its
+candidates survive globally: with S shards that is S times the re-rank work of
+one engine. In rounds, the coordinator cuts to the global survivors between
+stages, so each shard gathers only its share of them:
+
+- round 1: each shard shortlists at stage 1's dim (ShardEngine.shortlist); the
+  coordinator keeps the global best `keep` (`cut`);
+- each later round sends every shard its own survivors (`share`) to re-score at
+  the next stage's dim (ShardEngine.rescore_survivors), and cuts again;
+- the last round asks each shard for only its best k survivors at the final dim;
+  `final` merges those.
+
+Each cut keeps the best by (key desc, id asc) among the previous survivors, so
+the answer is run_funnel's over the one-round candidates. A survivor deleted
+between rounds comes back with key -inf and drops out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nestvec.cluster.topk import merge_topk
+from nestvec.cluster.topk import order as topk_order
+
+
+@dataclass
+class Survivors:
+    ids: np.ndarray    # [Q, M] uint64, best first
+    owner: np.ndarray  # [Q, M] index of the shard that holds each id
+    valid: np.ndarray  # [Q, M] False where a key was -inf (padding, or deleted meanwhile)
+
+
+def cut(parts: list[tuple[int, np.ndarray, np.ndarray]], keep: int) -> Survivors:
+    """The global best `keep` of the shards' (shard, ids [Q, m], keys [Q, m]) lists."""
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    keys = np.concatenate([p[2] for p in parts], axis=1)
+    owner = np.concatenate([np.full(p[1].shape, p[0], dtype=np.int32) for p in parts], axis=1)
+    order = topk_order(keys, ids)[:, :keep]
+    return Survivors(np.take_along_axis(ids, order, axis=1),
+                     np.take_along_axis(owner, order, axis=1),
+                     np.isfinite(np.take_along_axis(keys, order, axis=1)))
+
+
+def share(surv: Survivors, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """One shard's survivors, left-packed per query: ([Q, M] ids, [Q] counts); the
+    tail of a row past its count is padding. None if the shard holds none."""
+    mine = (surv.owner == shard) & surv.valid
+    counts = mine.sum(axis=1)
+    width = int(counts.max()) if counts.size else 0
+    if width == 0:
+        return None
+    first = np.argsort(~mine, axis=1, kind="stable")[:, :width]  # its ids first, in order
+    return np.ascontiguousarray(np.take_along_axis(surv.ids, first, axis=1)), counts.astype(np.int32)
+
+
+def final(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the shards' own top-k survivors at the final dim into [Q, kk] (ids, keys):
+    kk is k, or fewer if some query has fewer live survivors (deletes meanwhile)."""
+    ids, keys = merge_topk(np.concatenate([p[0] for p in parts], axis=1),
+                           np.concatenate([p[1] for p in parts], axis=1), k)
+    live = int(np.isfinite(keys).sum(axis=1).min()) if keys.size else 0
+    return ids[:, :live], keys[:, :live]

@@ -1,0 +1,121 @@
+"""Funnels across shards in rounds (cluster/funnel_rounds.py): the coordinator's cuts
+against run_funnel, the engine's round methods, and whole searches over a real Ray
+cluster in rounds and in one fan-out against the numpy oracle."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from nestvec.cluster import funnel_rounds
+from nestvec.cluster.collection import CollectionConfig, SearchPlan
+from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster.topk import run_funnel
+from oracle import assert_matches_oracle
+
+
+def _rounds_by_hand(engines: list[ShardEngine], queries: np.ndarray, plan: SearchPlan):
+    """The coordinator's loop, with engines in place of shard actors."""
+    parts = [(i, *e.shortlist(queries, plan.stages[0])) for i, e in enumerate(engines)]
+    for stage in range(1, len(plan.stages) + 1):
+        surv = funnel_rounds.cut(parts, plan.stages[stage - 1][1])
+        last = stage == len(plan.stages)
+        dim = plan.dim if last else plan.stages[stage][0]
+        parts = []
+        for i, e in enumerate(engines):
+            sh = funnel_rounds.share(surv, i)
+            if sh is not None:
+                parts.append((i, *e.rescore_survivors(queries, *sh, dim, plan.k if last else None)))
+    return funnel_rounds.final([p[1:] for p in parts], plan.k)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("stages", [((32, 300),), ((32, 400), (128, 60)), ((16, 500), (64, 200), (128, 40))])
+def test_rounds_equal_one_engines_funnel(corpus, metric, stages):
+    docs, queries = corpus["docs"][:8000], corpus["queries"][:24]
+    ids = np.arange(docs.shape[0], dtype=np.uint64) * 7 + 3
+    cfg = CollectionConfig.create("r", 384, metric)
+    whole = ShardEngine(cfg)
+    whole.upsert(ids, docs)
+    engines = [ShardEngine(cfg) for _ in range(3)]
+    for i, e in enumerate(engines):
+        e.upsert(ids[i::3], docs[i::3])
+    plan = SearchPlan(10, 384, stages)
+    got_ids, got_keys = _rounds_by_hand(engines, queries, plan)
+    ref_ids, ref_keys = whole.funnel_keys(queries, plan)
+    np.testing.assert_array_equal(got_ids, ref_ids)
+    np.testing.assert_allclose(got_keys, ref_keys, rtol=1e-5, atol=1e-5)
+    # and the one-round candidates through run_funnel (what a single fan-out merges)
+    cands = [e.funnel_candidates(queries, plan) for e in engines]
+    one_ids, _ = run_funnel(np.concatenate([c.ids for c in cands], axis=1),
+                            np.concatenate([c.keys for c in cands], axis=1), plan.keeps, plan.k)
+    np.testing.assert_array_equal(got_ids, one_ids)
+
+
+def test_cut_share_and_final_by_hand():
+    # two shards, two queries; keys chosen so that ties break by id
+    parts = [(0, np.array([[5, 1, 9], [2, 4, 6]], np.uint64), np.array([[0.9, 0.5, 0.5], [0.1, 0.2, 0.3]], np.float32)),
+             (1, np.array([[3, 8], [7, 11]], np.uint64), np.array([[0.7, 0.5], [0.8, -np.inf]], np.float32))]
+    surv = funnel_rounds.cut(parts, 4)
+    np.testing.assert_array_equal(surv.ids, [[5, 3, 1, 8], [7, 6, 4, 2]])
+    np.testing.assert_array_equal(surv.owner, [[0, 1, 0, 1], [1, 0, 0, 0]])
+    assert surv.valid.all()
+    ids0, counts0 = funnel_rounds.share(surv, 0)
+    np.testing.assert_array_equal(counts0, [2, 3])
+    np.testing.assert_array_equal(ids0[0, :2], [5, 1])
+    np.testing.assert_array_equal(ids0[1], [6, 4, 2])
+    ids1, counts1 = funnel_rounds.share(surv, 1)
+    np.testing.assert_array_equal(counts1, [2, 1])
+    assert funnel_rounds.share(surv, 2) is None  # a shard with no survivors gets no call
+    # an id deleted between the rounds (-inf) drops out, and the answer narrows to what is live
+    ids, keys = funnel_rounds.final([(np.array([[5, 1], [6, 4]], np.uint64), np.array([[0.4, -np.inf], [0.3, 0.2]], np.float32)),
+                                     (np.array([[3], [7]], np.uint64), np.array([[0.6], [0.1]], np.float32))], 3)
+    np.testing.assert_array_equal(ids, [[3, 5], [6, 4]])
+    assert np.isfinite(keys).all()
+
+
+def test_rescore_survivors_masks_padding_and_deleted_ids(corpus):
+    cfg = CollectionConfig.create("m", 384, "cosine")
+    e = ShardEngine(cfg)
+    e.upsert(np.arange(100, dtype=np.uint64), corpus["docs"][:100])
+    e.delete(np.array([7], np.uint64))
+    q = corpus["queries"][:2]
+    ids = np.array([[7, 3, 3], [1, 2, 99]], np.uint64)
+    _, keys = e.rescore_survivors(q, ids, np.array([2, 3], np.int32), 64)
+    assert keys[0, 0] == -np.inf and keys[0, 2] == -np.inf  # deleted; padding
+    assert np.isfinite(keys[0, 1]) and np.isfinite(keys[1]).all()
+    best_ids, best_keys = e.rescore_survivors(q, ids, np.array([2, 3], np.int32), 64, best=2)
+    assert best_ids[0, 0] == 3 and np.isfinite(best_keys[1]).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_cluster_funnels_in_rounds_match_the_oracle(coordinator, corpus, metric):
+    """4 shards and 1: the funnel in rounds (over the sockets and through Ray calls) and
+    in one fan-out give the oracle's answer, sync and async."""
+    import asyncio
+
+    from nestvec.cluster.coordinator import Coordinator
+
+    docs, queries = corpus["docs"][:20_000], corpus["queries"][:20]
+    ids = np.arange(docs.shape[0], dtype=np.uint64) * 3
+    ns = coordinator.namespace
+    paths = {"rounds": Coordinator(namespace=ns, funnel_in_rounds=True),
+             "rounds-ray": Coordinator(namespace=ns, funnel_in_rounds=True, direct=False),
+             "one-fanout": Coordinator(namespace=ns, funnel_in_rounds=False)}
+    for shards in (4, 1):
+        name = f"rounds-{shards}-{uuid.uuid4().hex[:6]}"
+        coordinator.create_collection(name, 384, metric, shards=shards)
+        try:
+            coordinator.upsert(name, ids, docs)
+            for funnel in ([(64, 300)], [(32, 500), (128, 60)], [(32, 800), (64, 200), (128, 30)]):
+                for label, coord in paths.items():
+                    res = coord.search(name, queries, k=10, funnel=funnel)
+                    assert_matches_oracle(res.ids, res.scores, ids, docs, queries, metric, 384, 10, funnel)
+                    ares = asyncio.run(coord.asearch(name, queries, k=10, funnel=funnel))
+                    np.testing.assert_array_equal(ares.ids, res.ids, err_msg=label)
+                # a single query (the default path chooses one fan-out for several shards)
+                one = coordinator.search(name, queries[:1], k=10, funnel=funnel)
+                assert_matches_oracle(one.ids, one.scores, ids, docs, queries[:1], metric, 384, 10, funnel)
+        finally:
+            coordinator.drop_collection(name)
