@@ -22,7 +22,7 @@ from nestvec.cluster import kernels, parallel
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
 from nestvec.cluster.topk import order as topk_order
-from nestvec.cluster.topk import run_funnel, top_columns
+from nestvec.cluster.topk import best_unordered, run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
 # Nested dims up to this width (and below the full dim) also live in their own
@@ -330,16 +330,17 @@ class ShardEngine:
         """Later rounds: keys at `dim` of each query's first `counts[q]` ids (the rest of
         the row is padding and gets -inf, as does an id deleted since round 1).
 
-        With `best`, only each row's `best` ids by (key desc, id asc) come back: the
-        last stage's global top-k is among the shards' own top-k of their survivors.
+        With `best`, only each row's `best` ids by (key desc, id asc) come back, in no
+        order (the coordinator's merge sorts): the last stage's global top-k is among
+        the shards' own top-k of their survivors.
         """
         _, keys = self.rescore_ids(queries, ids, [dim])
         keys = keys[..., 0]
         keys[np.arange(ids.shape[1])[None, :] >= np.asarray(counts)[:, None]] = -np.inf
         if best is None:
             return ids, keys
-        order = topk_order(keys, ids)[:, :best]
-        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(keys, order, axis=1)
+        cols = best_unordered(keys, ids, best)  # the coordinator's merge sorts
+        return np.take_along_axis(ids, cols, axis=1), np.take_along_axis(keys, cols, axis=1)
 
     def _lowp_rows(self, queries: np.ndarray, k: int, lp: QuantizedPrefix) -> np.ndarray | None:
         """[Q, k] live rows best by their low-precision key at `lp.dim` (approximate),

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster.topk import merge_topk
-from nestvec.cluster.topk import order as topk_order
+from nestvec.cluster.topk import best_unordered, merge_topk
 
 
 @dataclass
 class Survivors:
-    ids: np.ndarray    # [Q, M] uint64, best first
+    ids: np.ndarray    # [Q, M] uint64, the global best, in no order
     owner: np.ndarray  # [Q, M] index of the shard that holds each id
     valid: np.ndarray  # [Q, M] False where a key was -inf (padding, or deleted meanwhile)
 
@@ -39,7 +38,7 @@ def cut(parts: list[tuple[int, np.ndarray, np.ndarray]], keep: int) -> Survivors
     ids = np.concatenate([p[1] for p in parts], axis=1)
     keys = np.concatenate([p[2] for p in parts], axis=1)
     owner = np.concatenate([np.full(p[1].shape, p[0], dtype=np.int32) for p in parts], axis=1)
-    order = topk_order(keys, ids)[:, :keep]
+    order = best_unordered(keys, ids, keep)  # the shards need no order
     return Survivors(np.take_along_axis(ids, order, axis=1),
                      np.take_along_axis(owner, order, axis=1),
                      np.isfinite(np.take_along_axis(keys, order, axis=1)))
@@ -47,14 +46,17 @@ def cut(parts: list[tuple[int, np.ndarray, np.ndarray]], keep: int) -> Survivors
 
 def share(surv: Survivors, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
     """One shard's survivors, left-packed per query: ([Q, M] ids, [Q] counts); the
-    tail of a row past its count is padding. None if the shard holds none."""
+    tail of a row past its count is padding (id 0). None if the shard holds none."""
     mine = (surv.owner == shard) & surv.valid
     counts = mine.sum(axis=1)
     width = int(counts.max()) if counts.size else 0
     if width == 0:
         return None
-    first = np.argsort(~mine, axis=1, kind="stable")[:, :width]  # its ids first, in order
-    return np.ascontiguousarray(np.take_along_axis(surv.ids, first, axis=1)), counts.astype(np.int32)
+    rows, cols = np.nonzero(mine)  # row-major: each row's entries together, in order
+    starts = np.cumsum(counts) - counts
+    packed = np.zeros((mine.shape[0], width), dtype=surv.ids.dtype)
+    packed[rows, np.arange(rows.size) - np.repeat(starts, counts)] = surv.ids[rows, cols]
+    return packed, counts.astype(np.int32)
 
 
 def final(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,30 @@ def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, n
     return out_ids, np.take_along_axis(keys, best[..., None], axis=1)
 
 
+def best_unordered(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the best `k` of each row of [Q, M] (keys, ids) by (key desc,
+    id asc), in no particular order: merge_topk's set without its sort.
+
+    One argpartition; only rows where a finite k-th key is shared across the cut
+    are ordered exactly. Ties at -inf (padding, deleted rows) are not resolved:
+    callers drop those entries.
+    """
+    m = keys.shape[1]
+    if k >= m:
+        return np.broadcast_to(np.arange(m), keys.shape).copy()
+    if k <= 0:
+        return np.empty((keys.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-keys, k - 1, axis=1)
+    best = part[:, :k]
+    kth = np.take_along_axis(keys, part[:, k - 1: k], axis=1)
+    rest = np.take_along_axis(keys, part[:, k:], axis=1)
+    tied = np.flatnonzero((rest == kth).any(axis=1) & np.isfinite(kth[:, 0]))
+    if tied.size:
+        rows_ids = np.broadcast_to(ids, keys.shape)[tied]
+        best[tied] = order(keys[tied], rows_ids)[:, :k]
+    return best
+
+
 # The threshold path (see _prefilter) pays off once a row is this wide and k is
 # at most 1/PREFILTER_MAX_K_FRACTION of it; below that argpartition is cheap anyway.
 PREFILTER_MIN_COLS = 4096

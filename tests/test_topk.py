@@ -45,6 +45,27 @@ def test_order_equals_lexsort(data, rows, m, levels, per_row_ids):
     np.testing.assert_array_equal(order(keys, ids), want)
 
 
+# ----- best_unordered ---------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 5), m=st.integers(0, 60), k=st.integers(0, 70),
+       levels=st.sampled_from([1, 2, 4, None]))
+def test_best_unordered_is_merge_topks_set(data, rows, m, k, levels):
+    # the same set as a full (key desc, id asc) sort's first k, ties across the cut
+    # included; entries at -inf may differ (callers drop them)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    keys = (rng.normal(size=(rows, m)) if levels is None
+            else rng.integers(0, levels, size=(rows, m)) - 1.0).astype(np.float32)
+    keys[rng.random((rows, m)) < 0.1] = -np.inf
+    ids = rng.choice(10 * rows * m + 10, size=(rows, m), replace=False).astype(np.uint64)
+    got = topk.best_unordered(keys, ids, k)
+    assert got.shape == (rows, min(k, m))
+    want = np.lexsort((ids, -keys), axis=1)[:, :k]
+    for r in range(rows):
+        g, w = got[r], want[r]
+        assert sorted(ids[r, g[np.isfinite(keys[r, g])]]) == sorted(ids[r, w[np.isfinite(keys[r, w])]])
+        assert len(set(g.tolist())) == g.size  # no column twice
+
+
 # ----- merge_topk ----------------------------------------------------------------
 def test_merge_topk_matches_full_sort():
     rng = np.random.default_rng(1)
