@@ -29,8 +29,8 @@ from nestvec.cluster import kernels
 
 PRECISIONS = ("float32", "float16", "int8")
 LOWP_MAX_DIM = 128        # nested dims up to this (and below the full dim) get a copy...
-# ...above this one: up to 64 dims the engine keeps contiguous float32 copies
-# (engine.FAST_PREFIX_MAX_DIM), which scan faster than the scalar-quantizer SIMD
+# ...above this one: up to 64 dims the engine's contiguous float32 copies
+# (engine.FAST_PREFIX_MAX_DIM) scan faster than the scalar-quantizer SIMD
 # scan (bench_recall_qps, corpusA: 2,239 vs 1,267 QPS for 64 dims keep 200).
 LOWP_MIN_DIM = 64
 INT8_MARGIN = 0.05        # each range widened by this fraction of its span on each side
