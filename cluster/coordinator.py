@@ -53,11 +53,14 @@ from nestvec.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition,
                             NestvecError, NotFound, Unavailable)
 
 DEFAULT_NAMESPACE = "nestvec"
-# A funnel over several shards runs in rounds (funnel_rounds.py) once queries x
-# stage-1 candidates reach this many rows; below it one fan-out is cheaper than the
-# extra round trips (~0.1 ms each over the sockets, ~1 ms as Ray calls).
-ROUNDS_MIN_ROWS_DIRECT = 1024
-ROUNDS_MIN_ROWS_RAY = 8192
+# A funnel over several shards runs in rounds (funnel_rounds.py) once the re-rank
+# work of one fan-out (queries x stage-1 candidates x the dims re-scored after it,
+# on every shard) reaches this many row-dims; below it the extra round trips cost
+# more than re-ranking every shard's whole shortlist. Measured with 2 shards on
+# corpusA: a round costs ~0.5 ms over the sockets (more as Ray calls); at 2M
+# row-dims (64:400 -> 384 at 13 queries) the two ways break even.
+ROUNDS_MIN_ROW_DIMS_DIRECT = 2_000_000
+ROUNDS_MIN_ROW_DIMS_RAY = 8_000_000
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
 _INLINE_BYTES = 100_000   # larger query batches go to the object store once, not once per shard
 
@@ -425,8 +428,9 @@ class Coordinator:
             return self.funnel_in_rounds
         if len(c.shards) == 1:
             return True
-        rows = queries.shape[0] * plan.stages[0][1]
-        return rows >= (ROUNDS_MIN_ROWS_DIRECT if direct and all(direct) else ROUNDS_MIN_ROWS_RAY)
+        later = sum(d for d, _ in plan.stages[1:]) + plan.dim
+        work = queries.shape[0] * plan.stages[0][1] * later
+        return work >= (ROUNDS_MIN_ROW_DIMS_DIRECT if direct and all(direct) else ROUNDS_MIN_ROW_DIMS_RAY)
 
     def _funnel_rounds(self, c: _Collection, queries: np.ndarray, q_arg, plan: SearchPlan,
                        direct, partial: bool):

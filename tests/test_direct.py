@@ -167,7 +167,7 @@ def test_direct_and_ray_paths_agree_and_direct_is_used(coordinator, corpus):
         coordinator.upsert(name, np.arange(docs.shape[0]), docs)
         via_ray = Coordinator(namespace=coordinator.namespace, direct=False)
         before = sum(s["direct_searches"] for s in _shard_stats(coordinator, name))
-        for kwargs in [dict(dim=64), dict(dim=384), dict(funnel=[(64, 200)]), dict(dim=128, k=1000)]:
+        for kwargs in [dict(dim=64), dict(dim=384), dict(funnel=[(64, 400)]), dict(dim=128, k=1000)]:
             a = coordinator.search(name, queries, **kwargs)
             b = via_ray.search(name, queries, **kwargs)
             assert np.array_equal(a.ids, b.ids) and np.array_equal(a.scores, b.scores)
@@ -177,8 +177,8 @@ def test_direct_and_ray_paths_agree_and_direct_is_used(coordinator, corpus):
         assert_matches_oracle(r.ids, r.scores, np.arange(docs.shape[0]), docs, queries, "cosine", 64, 10)
         after = sum(s["direct_searches"] for s in _shard_stats(coordinator, name))
         # 2 shards x (sync + async per case, + oracle), + the funnel's second round
-        # (16 queries x 200 candidates: a funnel in rounds over the sockets; through Ray,
-        # one fan-out, and the answers above are equal)
+        # (16 queries x 400 candidates x 384 dims: a funnel in rounds over the sockets;
+        # through Ray, one fan-out, and the answers above are equal)
         assert after - before == 2 * (4 * 2 + 1) + 2 * 2
         # A shard's own error comes back as the same error type over the socket.
         with pytest.raises(InvalidArgument):
