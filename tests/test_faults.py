@@ -16,7 +16,9 @@ from proc_util import kill9
 from test_crash import actor_name, shard_pid
 
 
-def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway, corpus):
+def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway, corpus, monkeypatch):
+    from nestvec.cluster import funnel_rounds
+
     # The session gateway keeps shards in memory: a killed shard stays down
     # (it must not come back empty), which is what this test needs.
     docs, queries = corpus["docs"][:4000], corpus["queries"][:10]
@@ -37,6 +39,17 @@ def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway
         from nestvec.cluster.routing import shard_of
         live = shard_of(ids, 3) != 1
         assert_matches_oracle(res.ids, res.scores, ids[live], docs[live], queries, "cosine", 384, 10)
+        # A funnel big enough to run in rounds (coordinator._in_rounds; the dead shard
+        # has no socket, so the Ray threshold applies) skips the dead shard in every
+        # round, and is the exact funnel over the live ones.
+        cuts = []
+        monkeypatch.setattr(funnel_rounds, "cut", lambda *a, _cut=funnel_rounds.cut: cuts.append(1) or _cut(*a))
+        for funnel in ([(32, 3000)], [(32, 3000), (128, 300)]):
+            res = c.search(name, queries, k=10, funnel=funnel, allow_partial=True)
+            assert res.missing_shards == [1]
+            assert_matches_oracle(res.ids, res.scores, ids[live], docs[live], queries, "cosine", 384, 10,
+                                  funnel)
+        assert len(cuts) == 3  # one cut after each shortlist stage: the rounds ran
 
         info = c.describe_collection(name)
         assert [s.down for s in info.shard_info] == [False, True, False]
