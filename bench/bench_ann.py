@@ -10,6 +10,8 @@ One run, same vectors, same thread count (default 2) for every method:
   dim) + the coordinator's merge; candidates swept (ef = candidates);
 - `nestvec-ann-128-efcN` (with --low-efc N, default 100): the same at prefix 128 with a
   graph built at ef_construction N (the exact re-rank makes up for a cheaper graph);
+- `nestvec-ann-128-sq8` (--sq8 P, default 128; 0 skips): the same with index type
+  hnsw_sq8, FAISS's HNSW over 8-bit codes of the prefix (cluster/ann_sq.py);
 - `nestvec-e2e-P` (with --e2e): the same through the in-process Coordinator
   (Ray shard actor, one shard with the same thread count), at the prefix --e2e-prefix.
 
@@ -62,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the path through the in-process Coordinator (Ray)")
     p.add_argument("--e2e-prefix", type=int, default=128)
+    p.add_argument("--sq8", type=int, default=128,
+                   help="also the quantised graph (index type hnsw_sq8) at this prefix (0: skip)")
     p.add_argument("--docs", type=int, default=None, help="use only the first N docs")
     p.add_argument("--quick", action="store_true", help="20k docs, 200 queries, 1 s per point")
     p.add_argument("--out", default=None, help="results name under bench/results/")
@@ -179,12 +183,13 @@ def bench_faiss(x, queries, truth, a) -> dict:
             "param": "efSearch", "points": pts}
 
 
-def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | None = None
-                  ) -> tuple[dict, ShardEngine]:
+def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | None = None,
+                  kind: str = "hnsw") -> tuple[dict, ShardEngine]:
     efc = efc or a.ef_construction
-    name = f"nestvec-ann-{prefix}" + (f"-efc{efc}" if efc != a.ef_construction else "")
+    name = (f"nestvec-ann-{prefix}" + (f"-efc{efc}" if efc != a.ef_construction else "")
+            + ("-sq8" if kind == "hnsw_sq8" else ""))
     cfg = CollectionConfig.create("bench", x.shape[1], "cosine",
-                                  index={"dim": prefix, "m": a.m, "ef_construction": efc})
+                                  index={"type": kind, "dim": prefix, "m": a.m, "ef_construction": efc})
     if engine is None:
         engine = ShardEngine(cfg, initial_capacity=x.shape[0])
         engine.upsert(np.arange(x.shape[0], dtype=np.uint64), x)
@@ -262,6 +267,9 @@ def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
     if a.low_efc:
         res, engine = bench_nestvec(x, queries, truth, a.low_efc_prefix, a, engine, efc=a.low_efc)
         methods.append(res)
+    if a.sq8:
+        res, engine = bench_nestvec(x, queries, truth, a.sq8, a, engine, kind="hnsw_sq8")
+        methods.append(res)
     del engine
     if a.e2e:
         methods.append(bench_e2e(x, queries, truth, a))
@@ -294,7 +302,8 @@ def plot(sets: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
     style = {"hnswlib": ("tab:orange", "s--"), "faiss": ("tab:red", "^--"),
              "nestvec-ann-128-efc": ("tab:olive", "o-."), "nestvec-ann-32": ("tab:cyan", "o-"), "nestvec-ann-64": ("tab:blue", "o-"),
-             "nestvec-ann-128": ("tab:green", "o-"), "nestvec-ann": ("tab:purple", "o-"),
+             "nestvec-ann-128-sq8": ("tab:brown", "s-"), "nestvec-ann-128": ("tab:green", "o-"),
+             "nestvec-ann": ("tab:purple", "o-"),
              "nestvec-e2e": ("black", "D:")}
     for ax, s in zip(axes[0], sets):
         for mth in s["methods"]:

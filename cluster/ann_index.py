@@ -128,12 +128,7 @@ class AnnIndex:
         return labels
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """The graph's view of vectors: the leading dims, unit length under cosine."""
-        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[:, : self.params.dim])
-        if self.params.metric == "cosine":
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
-            x = x / np.where(norms > 0, norms, 1)[:, None]
-        return x
+        return prefix_rows(vectors, self.params)
 
     # ----- persistence ----------------------------------------------------------
     def save(self, path: str) -> None:
@@ -155,3 +150,11 @@ class AnnIndex:
     def deleted_ids(self) -> np.ndarray:
         return self._dead.copy()
 
+
+def prefix_rows(vectors: np.ndarray, params: GraphParams) -> np.ndarray:
+    """A graph's view of vectors: the leading dims, unit length under cosine."""
+    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[:, : params.dim])
+    if params.metric == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+        x = x / np.where(norms > 0, norms, 1)[:, None]
+    return x

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nestvec.cluster.ann_index import AnnIndex, GraphParams
+from nestvec.cluster.ann_sq import SqAnnIndex
 from nestvec.cluster.collection import IndexSpec
 from nestvec.cluster.datadir import write_json_atomic
 
@@ -70,6 +71,10 @@ class ShardAnn:
         s = self.spec
         return GraphParams(s.dim, s.m, s.ef_construction, self.metric)
 
+    def graph_class(self):
+        """hnswlib's float32 graph, or FAISS's over 8-bit codes (ann_sq.py)."""
+        return SqAnnIndex if self.spec.type == "hnsw_sq8" else AnnIndex
+
     def set_spec(self, spec: IndexSpec, engine) -> bool:
         """Adopt a (new) index spec; returns True if a build started."""
         if self.spec == spec and (self.graph is not None or self._build is not None):
@@ -102,8 +107,15 @@ class ShardAnn:
 
     def _run_build(self, build: _Build, ids: np.ndarray, prefixes: np.ndarray) -> None:
         try:
-            graph = AnnIndex(self.params(), capacity=int(ids.size * 1.1) + 1, threads=self.threads)
-            for s in range(0, ids.size, _CHUNK):
+            graph = self.graph_class()(self.params(), capacity=int(ids.size * 1.1) + 1,
+                                       threads=self.threads)
+            first = 0
+            if ids.size and isinstance(graph, SqAnnIndex):
+                # its ranges train on the first rows added: make that a large sample
+                first = min(ids.size, 100_000)
+                graph.add(ids[:first], prefixes[:first])
+                build.added = first
+            for s in range(first, ids.size, _CHUNK):
                 if build.cancelled:
                     return
                 graph.add(ids[s: s + _CHUNK], prefixes[s: s + _CHUNK])
@@ -145,7 +157,9 @@ class ShardAnn:
                 self._build = None
 
     # ----- writes (call thread) ---------------------------------------------------
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, engine=None) -> None:
+        """Add or replace ids in the graph. With `engine`, a quantised graph that
+        outgrew the rows its ranges were trained on is rebuilt (retrained)."""
         if self.spec is None:
             return
         ids = np.asarray(ids, dtype=np.uint64)
@@ -157,6 +171,11 @@ class ShardAnn:
                 self.graph.add(uniq, prefixes)
             if self._build is not None:
                 self._build.pending.append(("u", uniq, prefixes))
+            retrain = (engine is not None and self._build is None and self.graph is not None
+                       and getattr(self.graph, "wants_retrain", bool)())
+        if retrain:
+            self.start_build(engine, f"ranges trained on {self.graph.trained_on} rows, "
+                                     f"the graph holds {self.graph.count}")
 
     def delete(self, ids: np.ndarray, engine) -> None:
         if self.spec is None:
@@ -231,8 +250,8 @@ class ShardAnn:
                 meta = json.load(f)
             if IndexSpec.from_dict(meta["spec"]) != self.spec or meta["metric"] != self.metric:
                 return "saved graph has other parameters"
-            graph = AnnIndex.load(os.path.join(folder, GRAPH_FILE), self.params(),
-                                  np.load(os.path.join(folder, DEAD_FILE)), self.threads)
+            graph = self.graph_class().load(os.path.join(folder, GRAPH_FILE), self.params(),
+                                            np.load(os.path.join(folder, DEAD_FILE)), self.threads)
         except Exception as err:  # a damaged file costs a rebuild, never the shard
             return f"saved graph unreadable ({type(err).__name__}: {err})"
         if graph.live != live or meta["live"] != live:

@@ -41,7 +41,7 @@ def default_nested_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
-INDEX_TYPES = ("hnsw",)
+INDEX_TYPES = ("hnsw", "hnsw_sq8")  # hnswlib float32 / FAISS 8-bit codes (docs/ann.md)
 MAX_GRAPH_M = 128
 MAX_EF = 10_000
 
@@ -70,6 +70,11 @@ class IndexSpec:
         kind = str(spec.get("type") or "hnsw").lower()
         if kind not in INDEX_TYPES:
             raise InvalidArgument(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
+        if kind == "hnsw_sq8":
+            from nestvec.cluster import ann_sq  # FAISS is optional: say so before a build fails
+            if not ann_sq.available():
+                raise InvalidArgument("index type hnsw_sq8 needs FAISS on the server: "
+                                      "pip install 'nestvec[fast]', or use type hnsw")
         try:
             d = int(spec.get("dim") or min(DEFAULT_INDEX_DIM, dim))
             m = int(spec.get("m") or 16)

@@ -57,7 +57,7 @@ class DurableShard:
         self.wal.append(OP_UPSERT, ids, vectors)
         n = self.engine.upsert(ids, vectors)
         if self.ann is not None:  # before a snapshot, so the saved graph matches it
-            self.ann.upsert(ids, vectors)
+            self.ann.upsert(ids, vectors, self.engine)
         self._maybe_snapshot()
         return n
 
@@ -174,7 +174,7 @@ def _replay(engine: ShardEngine, records: list, ann=None) -> None:
             vectors = np.concatenate([r.vectors for r in records[i:j]])
             engine.upsert(ids, vectors)
             if ann is not None:
-                ann.upsert(ids, vectors)
+                ann.upsert(ids, vectors, engine)
         else:
             engine.delete(ids)
             if ann is not None:

@@ -102,7 +102,7 @@ class ShardActor:
         if self.store:
             return self.store.upsert(ids, vectors)  # the store keeps the graph in step
         n = self.engine.upsert(ids, vectors)
-        self.ann.upsert(ids, vectors)
+        self.ann.upsert(ids, vectors, self.engine)
         return n
 
     @_locked
