@@ -190,6 +190,25 @@ def test_single_query_rescore_is_exact(corpus, metric, dense_ids):
     assert eng._row_table() is None
 
 
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_quantised_graph_under_dot_and_l2(corpus, metric):
+    """hnsw_sq8 trains its ranges on raw (unnormalised) prefixes under dot and l2: answers
+    carry exact scores and find most of the exact top 10."""
+    docs, queries = corpus["docs"][:SMALL] * 3.0, corpus["queries"][:50] * 3.0  # off the unit sphere
+    ids = np.arange(SMALL, dtype=np.uint64)
+    cfg = CollectionConfig.create("q", 384, metric, index={"type": "hnsw_sq8", "dim": 128})
+    eng = ShardEngine(cfg)
+    eng.upsert(ids, docs)
+    ann = ShardAnn(cfg.index, metric)
+    ann.start_build(eng, "test")
+    assert ann.wait(300) and isinstance(ann.graph, SqAnnIndex)
+    plan = plan_search(cfg, 384, 10, ann=True)
+    res = merge_shard_results(metric, queries, plan, [ann_shard.search_keys(eng, ann, queries, plan)])
+    _check_exact_scores(res.ids, res.scores, ids, docs, queries, 384, metric)
+    exact = eng.search(queries, plan_search(cfg, 384, 10))
+    assert _recall(res.ids.astype(np.int64), exact.ids.astype(np.int64)) >= 0.9
+
+
 @pytest.mark.parametrize("kind", GRAPHS)
 def test_default_index_and_candidates_reach_recall_on_one_shard(corpus, kind):
     """All of corpusA in one shard (fewer candidates in total than two shards re-rank), one
