@@ -49,24 +49,14 @@ def best_unordered(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the best `k` of each row of [Q, M] (keys, ids) by (key desc,
     id asc), in no particular order: merge_topk's set without its sort.
 
-    One argpartition; only rows where a finite k-th key is shared across the cut
-    are ordered exactly. Ties at -inf (padding, deleted rows) are not resolved:
-    callers drop those entries.
+    `_select`'s one argpartition; only rows where a finite k-th key is shared
+    across the cut are decided by id. Ties at -inf (padding, deleted rows) are
+    not resolved: callers drop those entries.
     """
-    m = keys.shape[1]
-    if k >= m:
-        return np.broadcast_to(np.arange(m), keys.shape).copy()
+    k = min(k, keys.shape[1])
     if k <= 0:
-        return np.empty((keys.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-keys, k - 1, axis=1)
-    best = part[:, :k]
-    kth = np.take_along_axis(keys, part[:, k - 1: k], axis=1)
-    rest = np.take_along_axis(keys, part[:, k:], axis=1)
-    tied = np.flatnonzero((rest == kth).any(axis=1) & np.isfinite(kth[:, 0]))
-    if tied.size:
-        rows_ids = np.broadcast_to(ids, keys.shape)[tied]
-        best[tied] = order(keys[tied], rows_ids)[:, :k]
-    return best
+        return np.empty((keys.shape[0], 0), dtype=np.intp)
+    return _select(keys, ids, k, sort=False, inf_ties=False)
 
 
 # The threshold path (see _prefilter) pays off once a row is this wide and k is
@@ -145,10 +135,12 @@ def _prefilter(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True)
     return out
 
 
-def _select(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
+def _select(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True,
+            inf_ties: bool = True) -> np.ndarray:
     """top_columns by one argpartition per row (O(N)), not a sort.
 
     `col_ids` is [N] (the same ids in every row) or [Q, N] (ids per row).
+    `inf_ties=False` leaves a tie at a -inf k-th key undecided (best_unordered).
     """
     n_queries, n = keys.shape
     ids = np.broadcast_to(col_ids, keys.shape)
@@ -162,6 +154,8 @@ def _select(keys: np.ndarray, col_ids: np.ndarray, k: int, sort: bool = True) ->
         outside = np.take_along_axis(keys, part[:, n - k - 1: n - k], axis=1)[:, 0]
         worst_in = np.take_along_axis(keys, cols, axis=1).min(axis=1)
         tied = np.flatnonzero(outside == worst_in)
+        if not inf_ties:
+            tied = tied[np.isfinite(worst_in[tied])]
         if tied.size:
             cols = cols.copy()
             for q in tied:  # rare: only rows whose k-th key is shared by a column left out
