@@ -78,6 +78,10 @@ class AnnIndex:
     def dead_fraction(self) -> float:
         return self.deleted / self.count if self.count else 0.0
 
+    def wants_retrain(self) -> bool:
+        """Never: float32 prefixes need no trained ranges (ann_sq.py's graph does)."""
+        return False
+
     def memory_bytes(self) -> int:
         """Bytes of the graph and its stored prefixes (what save_index writes)."""
         return int(self._g.index_file_size())

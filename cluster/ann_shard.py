@@ -172,7 +172,7 @@ class ShardAnn:
             if self._build is not None:
                 self._build.pending.append(("u", uniq, prefixes))
             retrain = (engine is not None and self._build is None and self.graph is not None
-                       and getattr(self.graph, "wants_retrain", bool)())
+                       and self.graph.wants_retrain())
         if retrain:
             self.start_build(engine, f"ranges trained on {self.graph.trained_on} rows, "
                                      f"the graph holds {self.graph.count}")

@@ -94,16 +94,15 @@ class Fanout:
     retry: bool = True         # re-issue calls whose actor died (durable shards restart)
     deadline: bool = False     # pass the request's wall-clock deadline (shard data calls)
     # Searches only: per call, the shard's DirectClient (None: use Ray), the
-    # (queries, plan[, round]) to send it (one tuple for every call, or a list with
-    # one per call), and what to do when a socket fails.
+    # (queries, plan, round or None) to send it (one tuple for every call, or a list
+    # with one per call), and what to do when a socket fails.
     direct: list | None = None
     direct_args: tuple | list = ()
     on_direct_down: Callable[[], None] | None = None
 
     def direct_call(self, i: int) -> tuple:
         """(queries, plan, round or None) for call i's socket."""
-        args = self.direct_args[i] if isinstance(self.direct_args, list) else self.direct_args
-        return (*args, None) if len(args) == 2 else args
+        return self.direct_args[i] if isinstance(self.direct_args, list) else self.direct_args
 
 
 Plan = Generator[Fanout, list, Any]
@@ -408,7 +407,7 @@ class Coordinator:
                                        chosen.recall if chosen else None)
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True, direct=direct,
-                             direct_args=(queries, plan), on_direct_down=functools.partial(self._forget_direct, c))
+                             direct_args=(queries, plan, None), on_direct_down=functools.partial(self._forget_direct, c))
         missing = [i for i, p in enumerate(parts) if p is None]
         live = [p for p in parts if p is not None]
         if not live:
@@ -774,8 +773,10 @@ async def _direct_async(fan: Fanout, deadline: _Deadline, results: list) -> list
     """The asyncio twin of _direct_sync."""
     idx = [i for i, client in enumerate(fan.direct) if client is not None]
     todo = [i for i, client in enumerate(fan.direct) if client is None]
-    calls = [fan.direct[i].asearch(*fan.direct_call(i)[:2], deadline.wall_end, fan.direct_call(i)[2])
-             for i in idx]
+    calls = []
+    for i in idx:
+        queries, plan, round_ = fan.direct_call(i)
+        calls.append(fan.direct[i].asearch(queries, plan, deadline.wall_end, round_))
     if len(calls) == 1:  # the common single-shard case: no gather task
         try:
             got = [await asyncio.wait_for(calls[0], deadline.remaining())]
