@@ -65,7 +65,10 @@ class SqAnnIndex:
         self._slot_of = np.empty(0, dtype=np.int64)    # ...and their slots
         self.trained_on = 0
         self._selector = None                          # (bitmap, IDSelectorBitmap), rebuilt after writes
+        # Search parameters, kept between searches. The live bitmap's selector is set
+        # once the graph has a dead slot (slots never come back to life).
         self._search = faiss.SearchParametersHNSW()
+        self._search_ef = 0
 
     # ----- size -----------------------------------------------------------------
     @property
@@ -146,16 +149,19 @@ class SqAnnIndex:
         if c <= 0:
             return np.empty((queries.shape[0], 0), dtype=np.uint64)
         p = self._search
-        p.efSearch = max(int(ef), c)
-        if self.deleted:
-            if self._selector is None:
-                bits = np.packbits(self._live, bitorder="little")
-                self._selector = (bits, faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bits)))
+        ef = max(int(ef), c)
+        if self._search_ef != ef:  # SWIG attribute writes cost microseconds: only on change
+            p.efSearch = self._search_ef = ef
+        if self.deleted and self._selector is None:  # first search since a delete
+            bits = np.packbits(self._live, bitorder="little")
+            self._selector = (bits, faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bits)))
             p.sel = self._selector[1]
-        else:
-            p.sel = None
+        n = queries.shape[0]
         q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
-        _, slots = self._ix.search(q, c, params=p)
+        dist = np.empty((n, c), dtype=np.float32)
+        slots = np.empty((n, c), dtype=np.int64)
+        # search_c: the same call as FAISS's Python search() without its checks
+        self._ix.search_c(n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
         if (slots < 0).any():
             raise RuntimeError("the graph walk found fewer live vectors than asked")
         return self._ids[slots]
