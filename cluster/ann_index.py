@@ -48,6 +48,8 @@ class GraphParams:
 class AnnIndex:
     """One HNSW graph. Not thread-safe on its own: the owner serialises writes."""
 
+    FIRST_ADD_ROWS = 0  # nothing to train: a build adds every chunk alike
+
     def __init__(self, params: GraphParams, capacity: int = _MIN_CAPACITY, threads: int = 1,
                  _graph=None):
         if hnswlib is None:

@@ -109,10 +109,10 @@ class ShardAnn:
         try:
             graph = self.graph_class()(self.params(), capacity=int(ids.size * 1.1) + 1,
                                        threads=self.threads)
-            first = 0
-            if ids.size and isinstance(graph, SqAnnIndex):
-                # its ranges train on the first rows added: make that a large sample
-                first = min(ids.size, 100_000)
+            # A graph that trains on the first rows it is given (the 8-bit one's
+            # ranges) gets them in one first chunk, as large a sample as it wants.
+            first = min(ids.size, graph.FIRST_ADD_ROWS)
+            if first:
                 graph.add(ids[:first], prefixes[:first])
                 build.added = first
             for s in range(first, ids.size, _CHUNK):

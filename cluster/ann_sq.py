@@ -48,6 +48,8 @@ def available() -> bool:
 class SqAnnIndex:
     """One quantised HNSW graph. Not thread-safe on its own: the owner serialises writes."""
 
+    FIRST_ADD_ROWS = RETRAIN_BELOW  # a build's first add: the rows the ranges train on
+
     def __init__(self, params: GraphParams, capacity: int = 0, threads: int = 1, _index=None):
         if faiss is None:
             raise InvalidArgument("index type hnsw_sq8 needs FAISS: pip install 'nestvec[fast]'")

@@ -432,7 +432,7 @@ class Coordinator:
         return work >= (ROUNDS_MIN_ROW_DIMS_DIRECT if direct and all(direct) else ROUNDS_MIN_ROW_DIMS_RAY)
 
     def _funnel_rounds(self, c: _Collection, queries: np.ndarray, q_arg, plan: SearchPlan,
-                       direct, partial: bool):
+                       direct, partial: bool, one_round: bool = True):
         """A funnel across the shards, one round per stage (funnel_rounds.py).
         Returns ([Q, kk] ids, keys, missing shards)."""
         def fan(shards: list[int], rounds: list[tuple]) -> Fanout:
@@ -450,6 +450,24 @@ class Coordinator:
             if got is None:
                 raise unreachable()
             return got[0], got[1], []
+        if len(plan.stages) == 1 and one_round:  # usually settled in one round (funnel_rounds.py)
+            keep = plan.stages[0][1]
+            spec = funnel_rounds.spec_count(keep, len(c.shards))
+            got = yield fan(list(range(len(c.shards))),
+                            [(funnel_rounds.ONE_ROUND, None, np.array([spec], np.int32))] * len(c.shards))
+            parts = [g for g in got if g is not None]
+            if not parts:
+                raise unreachable()
+            ids, keys, redo = funnel_rounds.one_round(parts, spec, keep, plan.k)
+            missing = [i for i, g in enumerate(got) if g is None]
+            if redo.size:  # a shard may hold more of these queries' shortlists: rounds
+                again, again_keys, more = yield from self._funnel_rounds(
+                    c, queries[redo], queries[redo], plan, direct, partial, one_round=False)
+                width = min(ids.shape[1], again.shape[1])  # deletes meanwhile may narrow it
+                ids, keys = ids[:, :width], keys[:, :width]
+                ids[redo], keys[redo] = again[:, :width], again_keys[:, :width]
+                missing = sorted(set(missing) | set(more))
+            return ids, keys, missing
         missing: set[int] = set()
         shards, rounds = list(range(len(c.shards))), [(0, None, None)] * len(c.shards)
         for stage in range(len(plan.stages) + 1):
@@ -648,9 +666,6 @@ def merge_shard_results(metric: str, queries: np.ndarray, plan: SearchPlan,
         keys = np.concatenate([p[1] for p in parts], axis=1)
     if plan.stages:  # (ANN plans too: their candidates carry a key per stage)
         ids, keys = run_funnel(ids, keys, plan.keeps, plan.k)
-    elif ids.shape[0] == 1:  # one query: merge_topk's order on 1-D arrays, without its batching
-        order = np.lexsort((ids[0], -keys[0]))[: plan.k]
-        ids, keys = ids[:, order], keys[:, order]
     else:
         ids, keys = merge_topk(ids, keys, plan.k)
     return SearchResult(ids, keys_to_scores(metric, queries, keys, plan.dim))

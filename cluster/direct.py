@@ -88,25 +88,29 @@ def encode_request(queries: np.ndarray, plan: SearchPlan, deadline: float | None
               "deadline": deadline}
     arrays = [queries]
     if round_ is not None:
-        stage, ids, counts = round_
+        stage, *extra = round_
         header["stage"] = int(stage)
-        if ids is not None:
-            header["ids"] = [list(ids.shape), ids.dtype.str]
-            header["counts"] = [list(counts.shape), counts.dtype.str]
-            arrays += [ids, counts]
+        for name, a in zip(_ROUND_ARRAYS, extra):
+            if a is not None:
+                header[name] = [list(a.shape), a.dtype.str]
+                arrays.append(a)
     return _pack(header, *arrays)
+
+
+_ROUND_ARRAYS = ("ids", "counts")  # a round's optional arrays, in their order on the wire
 
 
 def decode_request(payload: bytes) -> tuple[np.ndarray, SearchPlan, float | None, tuple | None]:
     header, data = _unpack(payload)
-    with_ids = "ids" in header
-    queries, *rest = _arrays(header, data, ("queries", "ids", "counts") if with_ids else ("queries",))
+    present = tuple(n for n in _ROUND_ARRAYS if n in header)
+    queries, *rest = _arrays(header, data, ("queries", *present))
     p = header["plan"]
     plan = SearchPlan(int(p["k"]), int(p["dim"]), tuple(tuple(int(x) for x in s) for s in p["stages"]),
                       int(p["ann_candidates"]), int(p["ef"]))
     round_ = None
     if "stage" in header:
-        round_ = (int(header["stage"]), *(rest if with_ids else (None, None)))
+        got = dict(zip(present, rest))
+        round_ = (int(header["stage"]), *(got.get(n) for n in _ROUND_ARRAYS))
     return queries, plan, header["deadline"], round_
 
 

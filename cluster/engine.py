@@ -322,11 +322,25 @@ class ShardEngine:
         return self._row_ids[cols], keys
 
     # ----- a funnel over several shards, in rounds (coordinator._funnel_rounds) ----------
-    def shortlist(self, queries: np.ndarray, stage: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def shortlist(self, queries: np.ndarray, stage: tuple[int, int],
+                  rescore: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Round 1: [Q, keep] ids best at the stage's dim and their keys, in any order
-        (the coordinator cuts the shards' lists to the global shortlist)."""
+        (the coordinator cuts the shards' lists to the global shortlist).
+
+        With `rescore` = (spec, dim), a one-stage funnel's single round: only the
+        shortlist's best `spec` come back, keys [Q, spec, 2] at the stage's dim and
+        at `dim` (funnel_rounds.one_round).
+        """
         cols, keys = self._first_stage(queries, stage, [])
-        return self._row_ids[cols], keys[..., 0]
+        keys = keys[..., 0]
+        if rescore is None:
+            return self._row_ids[cols], keys
+        spec, dim = rescore
+        if spec < cols.shape[1]:
+            best = best_unordered(keys, self._row_ids[cols], spec)
+            cols, keys = np.take_along_axis(cols, best, axis=1), np.take_along_axis(keys, best, axis=1)
+        both = np.stack([keys, self._rescore(queries, cols, [dim])[..., 0]], axis=-1)
+        return self._row_ids[cols], both
 
     def rescore_survivors(self, queries: np.ndarray, ids: np.ndarray, counts: np.ndarray,
                           dim: int, best: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,15 @@ stages, so each shard gathers only its share of them:
 Each cut keeps the best by (key desc, id asc) among the previous survivors, so
 the answer is run_funnel's over the one-round candidates. A survivor deleted
 between rounds comes back with key -inf and drops out.
+
+A funnel of one stage usually needs no second round. Shards are filled by id
+hash, so a shard's share of the global shortlist of `keep` is about keep / S,
+give or take a binomial spread. Each shard therefore re-scores, in the first
+round, only the best `spec_count` rows of its own shortlist (a few standard
+deviations above its share) and sends those with both keys (`one_round`). A
+query is exact whenever every shard whose rows all made the global shortlist
+sent fewer than `spec_count`; a query where some shard's sent rows all made it
+(that shard may hold more) is run again in rounds.
 """
 from __future__ import annotations
 
@@ -24,6 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from nestvec.cluster.topk import best_unordered, merge_topk
+
+ONE_ROUND = -2      # the round code of a one-stage funnel's single round (ShardActor.funnel_round)
+SPEC_SIGMAS = 4.0   # a shard re-scores its expected share plus this many standard deviations
 
 
 @dataclass
@@ -66,3 +78,31 @@ def final(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarra
                            np.concatenate([p[1] for p in parts], axis=1), k)
     live = int(np.isfinite(keys).sum(axis=1).min()) if keys.size else 0
     return ids[:, :live], keys[:, :live]
+
+
+def spec_count(keep: int, shards: int) -> int:
+    """Rows of its shortlist each of `shards` shards re-scores in a one-round funnel:
+    its expected share of the global `keep`, plus SPEC_SIGMAS binomial deviations."""
+    p = 1.0 / shards
+    return min(keep, int(np.ceil(keep * p + SPEC_SIGMAS * np.sqrt(keep * p * (1 - p)))) + 1)
+
+
+def one_round(parts: list[tuple[np.ndarray, np.ndarray]], spec: int, keep: int, k: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A one-stage funnel from one round: the shards' (ids [Q, m], keys [Q, m, 2]) lists,
+    each shard's best `spec` by its stage key with their keys at the stage dim and at
+    the final dim. Returns the [Q, kk] (ids, final keys) and the queries to run again
+    in rounds: those where a shard sent `spec` rows (so it may hold more) and all of
+    them made the global shortlist."""
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    keys = np.concatenate([p[1] for p in parts], axis=1)
+    owner = np.concatenate([np.full(p[0].shape, i, dtype=np.int32) for i, p in enumerate(parts)], axis=1)
+    cols = best_unordered(keys[..., 0], ids, keep)
+    took = np.take_along_axis(owner, cols, axis=1)
+    redo = np.zeros(ids.shape[0], dtype=bool)
+    if spec < keep:  # (a shard that sent fewer than spec sent every live row it has)
+        for i in range(len(parts)):
+            redo |= (took == i).sum(axis=1) >= spec
+    out_ids, out_keys = merge_topk(np.take_along_axis(ids, cols, axis=1),
+                                   np.take_along_axis(keys[..., 1], cols, axis=1), k)
+    return out_ids, out_keys, np.flatnonzero(redo)

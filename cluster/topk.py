@@ -18,7 +18,10 @@ def order(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Per row of [Q, M] keys, the column order by (key desc, id asc): np.lexsort's
     answer. A stable argsort by key alone is ~8x faster than lexsort on two keys
     and already right where no two keys of a row are equal; rows with equal keys
-    (rare outside of duplicated vectors) are lexsorted."""
+    (rare outside of duplicated vectors) are lexsorted. One row (a single query's
+    merge) is lexsorted outright: on 1-D arrays that is cheaper than the checks."""
+    if keys.shape[0] == 1:
+        return np.lexsort((np.broadcast_to(ids, keys.shape)[0], -keys[0]))[None]
     idx = np.argsort(-keys, axis=1, kind="stable")
     if keys.shape[1] < 2:
         return idx
@@ -38,7 +41,10 @@ def merge_topk(ids: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, n
     `keys` (per-stage keys, [Q, M, S]) are carried along; the order uses [..., 0].
     """
     primary = keys if keys.ndim == 2 else keys[..., 0]
-    best = order(primary, ids)[:, :k]
+    # Several rows and k < M: one argpartition, then sort only the k (sorting all M cost
+    # 4.6x at [32, 400], k=10). One row sorts outright: its argpartition's overhead is more.
+    many = primary.shape[0] > 1 and 0 < k < primary.shape[1]
+    best = _select(primary, ids, k) if many else order(primary, ids)[:, :k]
     out_ids = np.take_along_axis(ids, best, axis=1)
     if keys.ndim == 2:
         return out_ids, np.take_along_axis(primary, best, axis=1)

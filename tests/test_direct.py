@@ -176,10 +176,10 @@ def test_direct_and_ray_paths_agree_and_direct_is_used(coordinator, corpus):
         r = coordinator.search(name, queries, dim=64)
         assert_matches_oracle(r.ids, r.scores, np.arange(docs.shape[0]), docs, queries, "cosine", 64, 10)
         after = sum(s["direct_searches"] for s in _shard_stats(coordinator, name))
-        # 2 shards x (sync + async per case, + oracle), + the funnel's second round
-        # (16 queries x 400 candidates x 384 dims: a funnel in rounds over the sockets;
-        # through Ray, one fan-out, and the answers above are equal)
-        assert after - before == 2 * (4 * 2 + 1) + 2 * 2
+        # 2 shards x (sync + async per case, + oracle): the funnel (16 queries x 400
+        # candidates x 384 dims) runs in rounds over the sockets, and its one stage
+        # settles in one round (funnel_rounds.one_round); through Ray it is one fan-out
+        assert after - before == 2 * (4 * 2 + 1)
         # A shard's own error comes back as the same error type over the socket.
         with pytest.raises(InvalidArgument):
             coordinator.search(name, queries, dim=64, funnel=[(64, 5)])

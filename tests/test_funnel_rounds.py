@@ -118,3 +118,75 @@ def test_cluster_funnels_in_rounds_match_the_oracle(coordinator, corpus, metric)
                 assert_matches_oracle(one.ids, one.scores, ids, docs, queries[:1], metric, 384, 10, funnel)
         finally:
             coordinator.drop_collection(name)
+
+
+def test_one_round_by_hand_flags_shards_that_may_hold_more():
+    # three shards sent their best 2 (spec) of a shortlist of 3 (keep); keys are (stage, final)
+    def part(first, stage, final):
+        return (np.array([[first, first + 1]] * 2, np.uint64),
+                np.stack([np.array(stage, np.float32), np.array(final, np.float32)], axis=-1))
+    a = part(1, [[0.9, 0.8], [0.9, 0.1]], [[0.1, 0.2], [0.1, 0.2]])
+    b = part(3, [[0.7, 0.6], [0.5, 0.05]], [[0.5, 0.4], [0.5, 0.4]])
+    c = part(5, [[0.1, 0.05], [0.4, 0.01]], [[0.3, 0.3], [0.3, 0.3]])
+    ids, keys, redo = funnel_rounds.one_round([a, b, c], spec=2, keep=3, k=2)
+    # query 0: shortlist {1, 2, 3}: both of shard a's rows made it, so a may hold a better
+    # row than 3 that it did not send: run again. Query 1: shortlist {1, 3, 5}: settled.
+    np.testing.assert_array_equal(redo, [0])
+    np.testing.assert_array_equal(ids[1], [3, 5])  # by the final key among {1, 3, 5}
+    np.testing.assert_allclose(keys[1], [0.5, 0.3])
+    # spec = keep: each shard's whole shortlist came, so nothing can be missing either
+    assert funnel_rounds.one_round([a, b, c], spec=2, keep=2, k=2)[2].size == 0
+
+
+@pytest.mark.parametrize("sigmas", [4.0, -1.5])
+def test_one_round_equals_one_engines_funnel(corpus, sigmas, monkeypatch):
+    """The shards' one-round lists settle exactly the queries one_round does not flag; with
+    spec cut below the expected share (sigmas < 0) many are flagged, and those run in
+    rounds. Together: the single engine's funnel."""
+    monkeypatch.setattr(funnel_rounds, "SPEC_SIGMAS", sigmas)
+    docs, queries = corpus["docs"][:9000], corpus["queries"][:32]
+    ids = np.arange(docs.shape[0], dtype=np.uint64) * 5 + 1
+    cfg = CollectionConfig.create("o", 384, "cosine")
+    whole = ShardEngine(cfg)
+    whole.upsert(ids, docs)
+    engines = [ShardEngine(cfg) for _ in range(3)]
+    for i, e in enumerate(engines):
+        e.upsert(ids[i::3], docs[i::3])
+    plan = SearchPlan(10, 384, ((64, 300),))
+    spec = funnel_rounds.spec_count(300, 3)
+    got_ids, got_keys, redo = funnel_rounds.one_round(
+        [e.shortlist(queries, plan.stages[0], (spec, 384)) for e in engines], spec, 300, 10)
+    if sigmas < 0:
+        assert redo.size > 0
+    else:
+        assert redo.size == 0
+    if redo.size:
+        got_ids[redo], got_keys[redo] = _rounds_by_hand(engines, queries[redo], plan)
+    ref_ids, ref_keys = whole.funnel_keys(queries, plan)
+    np.testing.assert_array_equal(got_ids, ref_ids)
+    np.testing.assert_allclose(got_keys, ref_keys, rtol=1e-5, atol=1e-5)
+
+
+def test_cluster_one_round_falls_back_to_rounds_exactly(coordinator, corpus, monkeypatch):
+    """Through the cluster with spec cut far below each shard's share, most queries need
+    their second round; answers still equal the oracle's, sync and async."""
+    import asyncio
+
+    from nestvec.cluster.coordinator import Coordinator
+
+    monkeypatch.setattr(funnel_rounds, "SPEC_SIGMAS", -2.0)
+    assert funnel_rounds.spec_count(200, 3) < 200 / 3  # below every shard's expected share
+    docs, queries = corpus["docs"][:12_000], corpus["queries"][:24]
+    ids = np.arange(docs.shape[0], dtype=np.uint64)
+    name = f"oneround-{uuid.uuid4().hex[:6]}"
+    coordinator.create_collection(name, 384, "l2", shards=3)
+    try:
+        coordinator.upsert(name, ids, docs)
+        for coord in (Coordinator(namespace=coordinator.namespace, funnel_in_rounds=True),
+                      Coordinator(namespace=coordinator.namespace, funnel_in_rounds=True, direct=False)):
+            res = coord.search(name, queries, k=10, funnel=[(64, 200)])
+            assert_matches_oracle(res.ids, res.scores, ids, docs, queries, "l2", 384, 10, [(64, 200)])
+            ares = asyncio.run(coord.asearch(name, queries, k=10, funnel=[(64, 200)]))
+            np.testing.assert_array_equal(ares.ids, res.ids)
+    finally:
+        coordinator.drop_collection(name)
