@@ -22,7 +22,7 @@ from nestvec.cluster import kernels, parallel
 from nestvec.cluster.collection import CollectionConfig, SearchPlan
 from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
 from nestvec.cluster.topk import order as topk_order
-from nestvec.cluster.topk import best_unordered, run_funnel, top_columns
+from nestvec.cluster.topk import best_columns, best_unordered, run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
 # Nested dims up to this width (and below the full dim) also live in their own
@@ -285,7 +285,7 @@ class ShardEngine:
 
     def _first_stage(self, queries: np.ndarray, stage: tuple[int, int], later_dims: list[int]
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """[Q, keep] rows best at the stage's dim (by (key desc, id asc)) and their keys
+        """[Q, keep] rows best at the stage's dim (by (key desc, id asc)), in no order, and their keys
         at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)]."""
         first_dim, first_keep = stage
         keep = min(first_keep, len(self))
@@ -295,9 +295,9 @@ class ShardEngine:
             # A few extra rows shortlisted on the low-precision copy; keep the best by
             # their exact float32 key: shards send exact keys, so merges stay exact.
             keys = self._rescore(queries, wide, [first_dim] + later_dims)
-            order = topk_order(keys[..., 0], self._row_ids[wide])[:, :keep]
-            return (np.take_along_axis(wide, order, axis=1),
-                    np.take_along_axis(keys, order[..., None], axis=1))
+            best = best_unordered(keys[..., 0], self._row_ids[wide], keep)  # later stages sort
+            return (np.take_along_axis(wide, best, axis=1),
+                    np.take_along_axis(keys, best[..., None], axis=1))
         cols, keys1 = self._best_rows(queries, keep, first_dim, sort=False)  # later stages sort
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
@@ -315,10 +315,14 @@ class ShardEngine:
         later = [*plan.stages[1:], (plan.dim, plan.k)]
         for i, (d, keep) in enumerate(later):
             keys = self._rescore(queries, cols, [d])[..., 0]
-            if keep < cols.shape[1] or i == len(later) - 1:  # the final rank always sorts
-                order = topk_order(keys, self._row_ids[cols])[:, :keep]
-                cols = np.take_along_axis(cols, order, axis=1)
-                keys = np.take_along_axis(keys, order, axis=1)
+            if i == len(later) - 1:  # the final rank sorts
+                best = best_columns(keys, self._row_ids[cols], keep)
+            elif keep < cols.shape[1]:  # a shortlist in between needs no order
+                best = best_unordered(keys, self._row_ids[cols], keep)
+            else:
+                continue
+            cols = np.take_along_axis(cols, best, axis=1)
+            keys = np.take_along_axis(keys, best, axis=1)
         return self._row_ids[cols], keys
 
     # ----- a funnel over several shards, in rounds (coordinator._funnel_rounds) ----------
