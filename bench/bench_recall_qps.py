@@ -10,8 +10,10 @@ recall@10 against the exact full-384 ground truth:
 - FAISS IndexFlatIP at each prefix dim (384 is the exact baseline);
 - hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef;
 - end to end: a few of the nestvec points again through gRPC -> gateway ->
-  coordinator -> Ray shard actors (embedded local cluster, `--e2e-shards` shards of one
-  BLAS thread each: default 2, one per core, the server's own default here), `--no-e2e` skips.
+  coordinator -> Ray shard actors (embedded local cluster), in each `--e2e-layouts`
+  layout of shards x BLAS threads per shard: default "2x1,1x2", the server's own
+  default here (one single-threaded shard per core) and the in-process engine's
+  layout (one engine, 2 threads); `--no-e2e` skips.
 
     .venv/bin/pip install -e '.[bench]'     # faiss-cpu, matplotlib, hnswlib (compiles)
     .venv/bin/python bench/bench_recall_qps.py          # ~8 min (hnswlib build ~50 s)
@@ -20,7 +22,8 @@ recall@10 against the exact full-384 ground truth:
 Prints a progress line per point, then a table (recall, QPS and p50/p99 at batch 1 and
 32); then times the funnels that reach recall 0.95 again, interleaved with nestvec's and
 FAISS's flat 384 (issue 4's target (b), same moments of machine load), and prints their
-ratios; writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
+ratios; then the gRPC points interleaved with their in-process twins at batch 32
+(target (c)); writes bench/results/bench_recall_qps.json and docs/img/recall_vs_qps.png.
 """
 from __future__ import annotations
 
@@ -49,8 +52,11 @@ def parse_args():
     p.add_argument("--out", default="bench_recall_qps")
     p.add_argument("--no-e2e", action="store_true", help="skip the gRPC end-to-end points")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from the last results, no run")
-    p.add_argument("--e2e-shards", type=int, default=2, help="shards of the gRPC collections (default 2)")
-    return p.parse_args()
+    p.add_argument("--e2e-layouts", default="2x1,1x2",
+                   help="SHARDSxTHREADS layouts of the gRPC collections (default 2x1,1x2)")
+    a = p.parse_args()
+    a.e2e_layouts = [tuple(int(x) for x in lay.split("x")) for lay in a.e2e_layouts.split(",") if lay]
+    return a
 
 
 def main() -> None:
@@ -127,17 +133,9 @@ def main() -> None:
             return hnsw.knn_query(normed(q), k=k)[0]
         methods.append(("hnswlib", f"hnsw ef={ef}", hnsw_search))
 
-    e2e = None if a.no_e2e else E2eCluster(docs, {"bench": engine.config, "bench8": int8.config},
-                                           a.e2e_shards)
-    if e2e is not None:
-        for label in E2E:
-            coll = "bench8" if label.startswith("int8") else "bench"
-            funnel = [tuple(map(int, label.split()[-1].split(":")))] if "funnel" in label else None
-            methods.append(("nestvec e2e gRPC", f"gRPC {label}",
-                            lambda q, c=coll, f=funnel: e2e.client.search(c, q, k=k, funnel=f).ids))
-
     points = []
-    for n, (family, label, search) in enumerate(methods, 1):
+
+    def measure(family, label, search, n, total):
         rec = C.recall(search(queries), gt, k)
         pt = {"family": family, "label": label, "recall": round(rec, 4)}
         for b in (1, 32):
@@ -146,11 +144,45 @@ def main() -> None:
             pt[f"p50_ms_b{b}"] = round(timing.pct(50) * 1e3, 3)
             pt[f"p99_ms_b{b}"] = round(timing.pct(99) * 1e3, 3)
         points.append(pt)
-        bar = "#" * (20 * n // len(methods))
-        C.log(f"[{bar:<20}] {n}/{len(methods)} {label:<22} recall@10 {rec:.3f}  "
+        bar = "#" * (20 * n // total)
+        C.log(f"[{bar:<20}] {n}/{total} {label:<22} recall@10 {rec:.3f}  "
               f"QPS batch 1 {pt['qps_b1']:>8,.0f}  batch 32 {pt['qps_b32']:>8,.0f}")
-    if e2e is not None:
-        e2e.close()
+
+    layouts = [] if a.no_e2e else a.e2e_layouts
+    total = len(methods) + len(layouts) * len(E2E)
+    for n, (family, label, search) in enumerate(methods, 1):
+        measure(family, label, search, n, total)
+    # End to end, one embedded cluster per layout (threads per shard are a cluster
+    # setting); each gRPC point also timed interleaved with its in-process twin at
+    # batch 32: issue 4's target (c).
+    by_label = {m[1]: m[2] for m in methods}
+    target_c = {}
+    n = len(methods)
+    for shards, threads in layouts:
+        e2e = E2eCluster(docs, {"bench": engine.config, "bench8": int8.config}, shards, threads)
+        try:
+            fns_c = {}
+            for label in E2E:
+                coll = ("bench8" if label.startswith("int8") else "bench")
+                funnel = [tuple(map(int, label.split()[-1].split(":")))] if "funnel" in label else None
+                e2e_label = f"gRPC {label} ({shards}x{threads})"
+                search = (lambda q, c=coll, f=funnel: e2e.client.search(c, q, k=k, funnel=f).ids)
+                n += 1
+                measure("nestvec e2e gRPC", e2e_label, search, n, total)
+                fns_c[label], fns_c[e2e_label] = by_label[label], search
+            timing = C.interleaved(fns_c, C.batches(queries, 32), 2 * a.seconds)
+            for label in E2E:
+                e2e_label = f"gRPC {label} ({shards}x{threads})"
+                t, twin = timing[e2e_label], timing[label]
+                target_c[e2e_label] = {"qps": round(t.qps, 1), "in_process_qps": round(twin.qps, 1),
+                                       "x_in_process": round(t.qps / twin.qps, 3)}
+        finally:
+            e2e.close()
+    if target_c:
+        C.log("target (c), gRPC at batch 32 timed together with the in-process engine:")
+        print(C.markdown_table(["method", "QPS b32", "in-process QPS b32", "x in-process"],
+                               [[lab, f"{t['qps']:,.0f}", f"{t['in_process_qps']:,.0f}",
+                                 f"{t['x_in_process']:.2f}"] for lab, t in target_c.items()]))
     # Issue 4's target (b) compares funnels with the flat baselines: time those
     # together, interleaved, so a burst of load from elsewhere hits all alike.
     fns = {p["label"]: search for family, p, search in
@@ -174,7 +206,8 @@ def main() -> None:
          for lab in fns]))
     path = C.write_results(a.out + ("_quick" if a.quick else ""), {
         "docs": int(docs.shape[0]), "threads": threads_info, "hnsw_build_s": round(hnsw_build, 1),
-        "machine": C.machine(), "points": points, "targets_interleaved": targets})
+        "machine": C.machine(), "points": points, "targets_interleaved": targets,
+        "target_c_interleaved": target_c})
     C.log(f"wrote {path}")
     rows = [[p["label"], f"{p['recall']:.3f}",
              f"{p['qps_b1']:,.0f}", f"{p['p50_ms_b1']:.2f} / {p['p99_ms_b1']:.2f}",
@@ -187,10 +220,11 @@ def main() -> None:
 
 
 class E2eCluster:
-    """An embedded local Ray cluster, a gateway on loopback and a Client: the same
-    collections as the in-process engines, ingested over gRPC."""
+    """An embedded local Ray cluster whose shards run `threads` BLAS threads each, a
+    gateway on loopback and a Client: the same collections as the in-process
+    engines, `shards` shards each, ingested over gRPC."""
 
-    def __init__(self, docs, configs, shards):
+    def __init__(self, docs, configs, shards, threads):
         import uuid
 
         import numpy as np
@@ -201,7 +235,7 @@ class E2eCluster:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         start_ray(namespace=ns, num_cpus=2)
-        self.coord = Coordinator(namespace=ns, create_catalog=True)
+        self.coord = Coordinator(namespace=ns, create_catalog=True, shard_threads=threads)
         self.gateway = GatewayThread(self.coord, host="127.0.0.1", port=0)
         self.client = Client(self.gateway.address, timeout=300)
         ids = np.arange(docs.shape[0], dtype=np.uint64)
