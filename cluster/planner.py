@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nestvec.cluster import funnel_rounds
 from nestvec.cluster.lowp import has_copy, lowp_overfetch
 
 KEEP_FACTORS = (2, 5, 10, 20, 50, 100)
@@ -127,20 +128,32 @@ def ann_cost(ef: int, candidates: int, index_dim: int, m: int, dim: int, shards:
 
 
 def cost(stages, dim: int, vectors: int, shards: int, first_stage: str = "float32") -> float:
-    """Relative cost per query: a full scan at stage 1's dim, then each shard
-    re-scores its survivors at every later dim (survivors are per shard).
+    """Relative cost per query: a full scan at stage 1's dim, then the re-scoring of
+    shortlisted rows at every later dim.
 
+    Rows re-scored after stage 1: one shard re-ranks its shortlist; several shards
+    settle a one-stage funnel (the only kind planned) in one round, each re-scoring
+    its share of the shortlist plus a margin (funnel_rounds.spec_count). That is the
+    batch path; a lone query on several shards goes out in one fan-out, each shard
+    re-ranking its whole shortlist, but there the round trips cost more than the math.
+    Longer funnels are priced as one fan-out (every shard re-ranks `keep`).
     A low-precision first stage (lowp.py) scans its copy for SCAN_FACTOR of the
-    float32 cost and re-ranks a few extra rows (lowp.lowp_overfetch)."""
+    float32 cost and re-scores a few extra rows at stage 1's dim (lowp.lowp_overfetch)."""
     if not stages:
         return float(vectors * dim)
     (d1, keep), rest = stages[0], stages[1:]
-    later = [d for d, _ in rest] + [dim]
+    later = sum(d for d, _ in rest) + dim
+    if shards == 1:
+        rows = keep
+    elif not rest:
+        rows = shards * funnel_rounds.spec_count(keep, shards)
+    else:
+        rows = shards * keep
     if first_stage != "float32" and has_copy(d1, dim):
         scan = SCAN_FACTOR[first_stage] * vectors * d1
-        rerank = RERANK_WEIGHT * shards * lowp_overfetch(keep) * (d1 + sum(later))
+        rerank = RERANK_WEIGHT * (shards * lowp_overfetch(keep) * d1 + rows * later)
         return float(scan + rerank)
-    return float(vectors * d1 + RERANK_WEIGHT * shards * keep * sum(later))
+    return float(vectors * d1 + RERANK_WEIGHT * rows * later)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

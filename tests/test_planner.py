@@ -46,6 +46,11 @@ def test_recall_and_self_exclusion():
 def test_cost_model_orders_flat_above_funnels():
     assert planner.cost((), 384, 100_000, 2) > planner.cost(((64, 400),), 384, 100_000, 2)
     assert planner.cost(((64, 200),), 384, 100_000, 2) < planner.cost(((64, 400),), 384, 100_000, 2)
+    # several shards re-score a one-stage funnel's shortlist once, plus each one's margin:
+    # more than one shard's re-rank of it, less than every shard re-ranking all of it
+    one = planner.cost(((64, 400),), 384, 100_000, 1) - 100_000 * 64
+    two = planner.cost(((64, 400),), 384, 100_000, 2) - 100_000 * 64
+    assert one < two < 2 * one
 
 
 # ----- over gRPC ---------------------------------------------------------------------------
