@@ -133,10 +133,8 @@ def cost(stages, dim: int, vectors: int, shards: int, first_stage: str = "float3
 
     Rows re-scored after stage 1: one shard re-ranks its shortlist; several shards
     settle a one-stage funnel (the only kind planned) in one round, each re-scoring
-    its share of the shortlist plus a margin (funnel_rounds.spec_count). That is the
-    batch path; a lone query on several shards goes out in one fan-out, each shard
-    re-ranking its whole shortlist, but there the round trips cost more than the math.
-    Longer funnels are priced as one fan-out (every shard re-ranks `keep`).
+    its share of the shortlist plus a margin (funnel_rounds.spec_count). Longer
+    funnels are priced as one fan-out (every shard re-ranks `keep`).
     A low-precision first stage (lowp.py) scans its copy for SCAN_FACTOR of the
     float32 cost and re-scores a few extra rows at stage 1's dim (lowp.lowp_overfetch)."""
     if not stages:

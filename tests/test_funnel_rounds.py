@@ -113,7 +113,7 @@ def test_cluster_funnels_in_rounds_match_the_oracle(coordinator, corpus, metric)
                     assert_matches_oracle(res.ids, res.scores, ids, docs, queries, metric, 384, 10, funnel)
                     ares = asyncio.run(coord.asearch(name, queries, k=10, funnel=funnel))
                     np.testing.assert_array_equal(ares.ids, res.ids, err_msg=label)
-                # a single query (the default path chooses one fan-out for several shards)
+                # a single query on the default path (one round for one stage, else one fan-out)
                 one = coordinator.search(name, queries[:1], k=10, funnel=funnel)
                 assert_matches_oracle(one.ids, one.scores, ids, docs, queries[:1], metric, 384, 10, funnel)
         finally:
