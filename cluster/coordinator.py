@@ -93,16 +93,11 @@ class Fanout:
     partial_ok: bool = False   # a call whose actor stays down yields None instead of failing
     retry: bool = True         # re-issue calls whose actor died (durable shards restart)
     deadline: bool = False     # pass the request's wall-clock deadline (shard data calls)
-    # Searches only: per call, the shard's DirectClient (None: use Ray), the
-    # (queries, plan, round or None) to send it (one tuple for every call, or a list
-    # with one per call), and what to do when a socket fails.
+    # Searches only: per call, the shard's DirectClient (None: use Ray) and the
+    # (queries, plan, round or None) to send it; and what to do when a socket fails.
     direct: list | None = None
-    direct_args: tuple | list = ()
+    direct_args: list = field(default_factory=list)
     on_direct_down: Callable[[], None] | None = None
-
-    def direct_call(self, i: int) -> tuple:
-        """(queries, plan, round or None) for call i's socket."""
-        return self.direct_args[i] if isinstance(self.direct_args, list) else self.direct_args
 
 
 Plan = Generator[Fanout, list, Any]
@@ -407,7 +402,7 @@ class Coordinator:
                                        chosen.recall if chosen else None)
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True, direct=direct,
-                             direct_args=(queries, plan, None), on_direct_down=functools.partial(self._forget_direct, c))
+                             direct_args=[(queries, plan, None)] * len(c.shards), on_direct_down=functools.partial(self._forget_direct, c))
         missing = [i for i, p in enumerate(parts) if p is None]
         live = [p for p in parts if p is not None]
         if not live:
@@ -449,7 +444,7 @@ class Coordinator:
             return Unavailable(f"no shard of collection {c.config.name!r} is reachable; retry later")
 
         if len(c.shards) == 1:  # the shard holds everything: it runs the whole funnel
-            (got,) = yield fan([0], [(-1, None, None)])
+            (got,) = yield fan([0], [(funnel_rounds.WHOLE_FUNNEL, None, None)])
             if got is None:
                 raise unreachable()
             return got[0], got[1], []
@@ -765,7 +760,7 @@ def _direct_sync(fan: Fanout, deadline: _Deadline, results: list) -> list[int]:
             if client is None:
                 todo.append(i)
                 continue
-            queries, plan, round_ = fan.direct_call(i)
+            queries, plan, round_ = fan.direct_args[i]
             try:
                 sent.append((i, client, client.send(queries, plan, deadline.wall_end,
                                                     deadline.remaining(), round_)))
@@ -793,7 +788,7 @@ async def _direct_async(fan: Fanout, deadline: _Deadline, results: list) -> list
     todo = [i for i, client in enumerate(fan.direct) if client is None]
     calls = []
     for i in idx:
-        queries, plan, round_ = fan.direct_call(i)
+        queries, plan, round_ = fan.direct_args[i]
         calls.append(fan.direct[i].asearch(queries, plan, deadline.wall_end, round_))
     if len(calls) == 1:  # the common single-shard case: no gather task
         try:

@@ -34,7 +34,9 @@ import numpy as np
 
 from nestvec.cluster.topk import best_unordered, merge_topk
 
-ONE_ROUND = -2      # the round code of a one-stage funnel's single round (ShardActor.funnel_round)
+# Round codes besides the stage numbers (ShardActor.funnel_round):
+WHOLE_FUNNEL = -1   # a one-shard collection: the shard runs the whole funnel
+ONE_ROUND = -2      # a one-stage funnel's single round
 SPEC_SIGMAS = 4.0   # a shard re-scores its expected share plus this many standard deviations
 
 

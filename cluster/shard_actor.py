@@ -146,13 +146,14 @@ class ShardActor:
         """One round of a funnel run across shards (funnel_rounds.py). `stage` 0: this
         shard's shortlist at stage 1; 1..len(stages): re-score the given survivors
         at that stage's dim (the last: the final dim, returning this shard's best k);
-        -1: the whole funnel here, final top-k (a collection of one shard); -2
-        (funnel_rounds.ONE_ROUND): a one-stage funnel's single round, `counts` = [spec]."""
+        funnel_rounds.WHOLE_FUNNEL: the whole funnel here, final top-k (a collection of
+        one shard); funnel_rounds.ONE_ROUND: a one-stage funnel's single round,
+        `counts` = [spec]."""
         return self._funnel_round(queries, plan, stage, ids, counts, deadline)
 
     def _funnel_round(self, queries, plan, stage, ids, counts, deadline):
         _check_deadline(deadline)
-        if stage == -1:
+        if stage == funnel_rounds.WHOLE_FUNNEL:
             return self.engine.funnel_keys(queries, plan)
         if stage == funnel_rounds.ONE_ROUND:
             return self.engine.shortlist(queries, plan.stages[0], (int(counts[0]), plan.dim))
