@@ -147,14 +147,15 @@ class SqAnnIndex:
         Raises RuntimeError if the walk found fewer (a graph cut up by deletions),
         as hnswlib does: the shard then answers those queries exactly.
         """
-        c = min(int(candidates), self.live)
+        live = self._by_id.size
+        c = int(candidates) if candidates < live else live
         if c <= 0:
             return np.empty((queries.shape[0], 0), dtype=np.uint64)
         p = self._search
-        ef = max(int(ef), c)
+        ef = int(ef) if ef > c else c
         if self._search_ef != ef:  # SWIG attribute writes cost microseconds: only on change
             p.efSearch = self._search_ef = ef
-        if self.deleted and self._selector is None:  # first search since a delete
+        if self._selector is None and live < self._ids.size:  # first search since a delete
             bits = np.packbits(self._live, bitorder="little")
             self._selector = (bits, faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bits)))
             p.sel = self._selector[1]
@@ -164,7 +165,7 @@ class SqAnnIndex:
         slots = np.empty((n, c), dtype=np.int64)
         # search_c: the same call as FAISS's Python search() without its checks
         self._ix.search_c(n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
-        if (slots < 0).any():
+        if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
             raise RuntimeError("the graph walk found fewer live vectors than asked")
         return self._ids[slots]
 

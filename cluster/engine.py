@@ -71,6 +71,7 @@ class ShardEngine:
         self.dim = config.dim
         self.metric = config.metric
         self.nested = np.asarray(config.nested_dims, dtype=np.int64)
+        self._nested_col = {int(d): j for j, d in enumerate(self.nested)}  # dim -> _sqnorms column
         cap = max(1, int(initial_capacity))
         self._vectors = np.zeros((cap, self.dim), dtype=np.float32)
         self._row_ids = np.zeros(cap, dtype=np.uint64)
@@ -400,18 +401,20 @@ class ShardEngine:
         if table is not None and ids.size and ids.max() < table.size:  # dense ids: one gather
             rows = table[ids]
             found = rows >= 0
-            if not found.all():
+            all_found = bool(found.all())
+            if not all_found:
                 rows = np.where(found, rows, 0)
         else:  # the lookup of _lookup, without its masking: clip, gather, compare
             pos = np.searchsorted(self._index_ids, ids)
             np.minimum(pos, n - 1, out=pos)
             found = self._index_ids[pos] == ids
+            all_found = bool(found.all())
             rows = self._index_rows[pos]
         if ids.shape[0] == 1 and queries.shape[0] == 1:  # one query: 1-D BLAS, no batching
             keys = self._rescore_one(queries[0], rows[0], dims)[None]
         else:
             keys = self._rescore(queries, rows, dims)
-        if not found.all():  # rows of ids not stored were scored as someone else's: drop them
+        if not all_found:  # rows of ids not stored were scored as someone else's: drop them
             keys[~found] = -np.inf
         return found, keys
 
@@ -492,20 +495,21 @@ class ShardEngine:
         The same keys from one gather and a matrix-vector product per dim; for
         one query the batched path's per-call overhead cost more than the math.
         """
-        top = max(dims)
+        top = dims[0] if len(dims) == 1 else max(dims)
         x = self._vectors.take(rows, axis=0) if top == self.dim else self._vectors[rows, :top]
         out = np.empty((rows.size, len(dims)), dtype=np.float32)
         for j, d in enumerate(dims):
-            dots = x[:, :d] @ query[:d]
+            dots = (x if d == top else x[:, :d]) @ query[:d]
             if self.metric == "cosine":
                 # exact cosine: x.q / (|x_d| |q_d|), both norms in float64 as in _rescore
                 qd = query[:d].astype(np.float64)
-                sq = self._prefix_sqnorms(rows, d, x) * float(qd @ qd)
-                if not sq.size or sq.min() > 0:  # else _inv_sqrt gives a zero prefix cosine 0
+                sq = self._prefix_sqnorms(rows, d, x)
+                sq *= qd @ qd
+                if sq.size and sq.min() > 0:  # else _inv_sqrt gives a zero prefix cosine 0
                     np.sqrt(sq, out=sq)
-                    dots /= sq
-                else:
-                    dots *= _inv_sqrt(sq)
+                    np.divide(dots, sq, out=out[:, j], casting="same_kind")
+                    continue
+                dots *= _inv_sqrt(sq)
             elif self.metric == "l2":
                 dots = 2 * dots - self._prefix_sqnorms(rows, d, x).astype(np.float32)
             out[:, j] = dots
@@ -517,11 +521,12 @@ class ShardEngine:
         Only the columns between that nested dim and `dim` are read. `gathered`
         (rows already copied out, [..., >= dim]) saves reading them again.
         """
+        j = self._nested_col.get(dim)
+        if j is not None:  # a stored nested dim: the usual re-rank
+            return self._sqnorms[rows, j]
         j = int(np.searchsorted(self.nested, dim, side="right")) - 1
         base_dim = int(self.nested[j]) if j >= 0 else 0
         base = self._sqnorms[rows, j] if j >= 0 else 0.0
-        if base_dim == dim:
-            return np.asarray(base, dtype=np.float64)
         part = gathered[..., base_dim:dim] if gathered is not None else self._vectors[rows, base_dim:dim]
         return base + np.einsum("...j,...j->...", part, part, dtype=np.float64)
 
