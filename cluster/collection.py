@@ -21,11 +21,17 @@ MAX_DIM = 65_536
 MAX_SHARDS = 256
 MAX_K = DEFAULT_LIMITS.max_k
 MAX_CANDIDATES = DEFAULT_LIMITS.max_candidates
-# The graph's prefix when an index names none: on corpusA the 128-dim graph reaches
-# recall@10 0.95 after re-ranking ~60 candidates, the 64-dim one needs ~300 and
-# answers at under half the speed (docs/ann.md); its memory stays under 0.4x a
-# full-dim graph's.
-DEFAULT_INDEX_DIM = 128
+# The graph's prefix and build beam when an index names none, per type (docs/ann.md):
+# - hnsw (float32 prefixes): the 128-dim graph reaches recall@10 0.95 after re-ranking
+#   ~60 candidates, the 64-dim one needs ~300 and answers at under half the speed;
+#   its memory stays under 0.4x a full-dim graph's.
+# - hnsw_sq8 (8-bit codes): a code is a quarter of the bytes, so a wider prefix costs
+#   little; at 160 dims the walk finds better candidates (recall 0.95 at ef 50 with 50
+#   re-ranked; at 128 dims ef 72 with 40 or ef 60 with 60) and answered fastest of
+#   128/144/160/192/256 at that recall. A beam of
+#   128 builds in about 0.4x hnswlib's full-dim time (200: 0.5-0.75x) for ~0.005 recall.
+DEFAULT_INDEX_DIM = {"hnsw": 128, "hnsw_sq8": 160}
+DEFAULT_EF_CONSTRUCTION = {"hnsw": 200, "hnsw_sq8": 128}
 # Largest squared norm a vector or query may have: keeps every score and l2
 # distance (at most about 4x this) finite in float32 (max ~3.4e38).
 MAX_SQUARED_NORM = 1e37
@@ -76,9 +82,9 @@ class IndexSpec:
                 raise InvalidArgument("index type hnsw_sq8 needs FAISS on the server: "
                                       "pip install 'nestvec[fast]', or use type hnsw")
         try:
-            d = int(spec.get("dim") or min(DEFAULT_INDEX_DIM, dim))
+            d = int(spec.get("dim") or min(DEFAULT_INDEX_DIM[kind], dim))
             m = int(spec.get("m") or 16)
-            efc = int(spec.get("ef_construction") or 200)
+            efc = int(spec.get("ef_construction") or DEFAULT_EF_CONSTRUCTION[kind])
         except (TypeError, ValueError):
             raise InvalidArgument(f"index dim, m and ef_construction must be integers, got {spec!r}") from None
         if not 1 <= d <= dim:

@@ -21,7 +21,8 @@ from nestvec.cluster import ann_shard
 from nestvec.cluster.ann_index import AnnIndex, GraphParams
 from nestvec.cluster.ann_sq import SqAnnIndex
 from nestvec.cluster.ann_shard import ShardAnn
-from nestvec.cluster.collection import CollectionConfig, plan_search
+from nestvec.cluster.collection import (DEFAULT_EF_CONSTRUCTION, DEFAULT_INDEX_DIM, CollectionConfig,
+                                       plan_search)
 from nestvec.cluster.coordinator import merge_shard_results
 from nestvec.cluster.durable_shard import DurableShard
 from nestvec.cluster.engine import ShardEngine
@@ -218,7 +219,9 @@ def test_default_index_and_candidates_reach_recall_on_one_shard(corpus, kind):
     eng.upsert(np.arange(len(corpus["docs"]), dtype=np.uint64), corpus["docs"])
     ann = ShardAnn(cfg.index, "cosine", threads=2)
     ann.start_build(eng, "test")
-    assert ann.wait(600) and ann.graph is not None and ann.graph.params.dim == 128
+    assert ann.wait(600) and ann.graph is not None
+    assert (ann.graph.params.dim, ann.graph.params.ef_construction) == (
+        DEFAULT_INDEX_DIM[kind], DEFAULT_EF_CONSTRUCTION[kind])
     queries = corpus["queries"]
     plan = plan_search(cfg, 384, 10, ann=True)
     found = np.vstack([merge_shard_results("cosine", q[None], plan,
@@ -414,7 +417,7 @@ def test_quantised_graph_over_grpc_retrains_as_it_grows(client, collection_name,
     docs, queries = corpus["docs"][:SMALL], corpus["queries"][:50]
     info = client.create_collection(collection_name, 384, "cosine", shards=1,
                                     index={"type": "hnsw_sq8", "dim": 128})
-    assert info.index == {"type": "hnsw_sq8", "dim": 128, "m": 16, "ef_construction": 200}
+    assert info.index == {"type": "hnsw_sq8", "dim": 128, "m": 16, "ef_construction": 128}
     client.upsert(collection_name, np.arange(200), docs[:200])  # trains the ranges on 200 rows
     _wait_ready(client, collection_name)
     client.upsert(collection_name, np.arange(200, SMALL), docs[200:])  # 50x: a retrain
