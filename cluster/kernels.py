@@ -1,4 +1,4 @@
-"""An optional fused scan + top-k kernel: FAISS's brute-force `knn` on a contiguous matrix.
+"""Optional FAISS kernels: a fused scan + top-k (`knn`) and an in-place re-rank (`row_dots`).
 
 FAISS keeps a heap per query while it scans (BLAS blocks, then a threshold
 check per score). Against numpy's product + argpartition (~0.14 ms per query per
@@ -42,3 +42,26 @@ def knn(x: np.ndarray, q: np.ndarray, k: int, l2: bool) -> tuple[np.ndarray, np.
     inner products (higher first), or squared l2 distances (lower first)."""
     metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
     return faiss.knn(np.ascontiguousarray(q, dtype=np.float32), x, k, metric=metric)
+
+
+def row_dots(x: np.ndarray, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[M] float32 inner products of one query `q` [d] with rows `rows` of `x`
+    ([N, d] float32, C-contiguous), read where they lie: no gathered copy.
+
+    A single query's ANN re-rank: FAISS's loop took ~6 µs for 60 rows of 384 dims
+    against ~9 µs for numpy's take + matrix-vector product, and a copy of the rows
+    also evicts the graph from the cache before the next walk (whole query ~10 µs
+    less). Run on one OpenMP thread: FAISS splits this loop by query, and waking a
+    second thread for one query cost ~40 µs, more than the loop.
+    """
+    out = np.empty(rows.size, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # per calling thread (an OpenMP ICV): other threads keep theirs
+    try:
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(x),
+                                         faiss.swig_ptr(rows), x.shape[1], 1, rows.size)
+    finally:
+        faiss.omp_set_num_threads(before)
+    return out
