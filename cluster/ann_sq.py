@@ -163,8 +163,14 @@ class SqAnnIndex:
         q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
         dist = np.empty((n, c), dtype=np.float32)
         slots = np.empty((n, c), dtype=np.int64)
-        # search_c: the same call as FAISS's Python search() without its checks
-        self._ix.search_c(n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
+        # search_c: the same call as FAISS's Python search() without its checks. A batch
+        # walks its queries on the shard's threads: OpenMP's count is per calling thread,
+        # and a shard's socket or Ray threads start at the worker's default (1).
+        args = (n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
+        if n > 1 and self.threads > 1:
+            _with_threads(self.threads, self._ix.search_c, *args)
+        else:  # one query never opens a parallel region
+            self._ix.search_c(*args)
         if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
             raise RuntimeError("the graph walk found fewer live vectors than asked")
         return self._ids[slots]
