@@ -28,8 +28,8 @@ MAX_CANDIDATES = DEFAULT_LIMITS.max_candidates
 # - hnsw_sq8 (8-bit codes): a code is a quarter of the bytes, so a wider prefix costs
 #   little; at 160 dims the walk finds better candidates (recall 0.95 at ef 50 with 50
 #   re-ranked; at 128 dims ef 72 with 40 or ef 60 with 60) and answered fastest of
-#   128/144/160/192/256 at that recall. A beam of
-#   128 builds in about 0.4x hnswlib's full-dim time (200: 0.5-0.75x) for ~0.005 recall.
+#   128/144/160/192/256 at that recall. A beam of 128 builds in about 0.4x hnswlib's
+#   full-dim time (200: 0.5-0.75x) for ~0.005 recall.
 DEFAULT_INDEX_DIM = {"hnsw": 128, "hnsw_sq8": 160}
 DEFAULT_EF_CONSTRUCTION = {"hnsw": 200, "hnsw_sq8": 128}
 # Largest squared norm a vector or query may have: keeps every score and l2
