@@ -287,7 +287,7 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.nd
     stored ids (no graph yet: building) is answered by the exact scan instead.
     Returns (ids [Q, M], keys [Q, M]) without stages, else keys [Q, M, stages+1].
     """
-    later = [d for d, _ in plan.stages] + [plan.dim] if plan.stages else [plan.dim]
+    later = [d for d, _ in plan.stages] + [plan.dim]
     m = min(plan.ann_candidates, len(engine))
     n_q = queries.shape[0]
     ids = ann.candidates(queries, plan.ann_candidates, plan.ef)

@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from nestvec.cluster.ann_index import GraphParams, prefix_rows
+from nestvec.cluster.kernels import with_threads
 from nestvec.errors import InvalidArgument
 
 try:
@@ -113,7 +114,7 @@ class SqAnnIndex:
             self.trained_on = int(x.shape[0])
         self._kill(ids)
         first = self.count
-        _with_threads(self.threads, self._ix.add, x)
+        with_threads(self.threads, self._ix.add, x)
         self._ids = np.concatenate([self._ids, ids])
         self._live = np.concatenate([self._live, np.ones(ids.size, dtype=bool)])
         slots = np.arange(first, first + ids.size, dtype=np.int64)
@@ -164,11 +165,10 @@ class SqAnnIndex:
         dist = np.empty((n, c), dtype=np.float32)
         slots = np.empty((n, c), dtype=np.int64)
         # search_c: the same call as FAISS's Python search() without its checks. A batch
-        # walks its queries on the shard's threads: OpenMP's count is per calling thread,
-        # and a shard's socket or Ray threads start at the worker's default (1).
+        # walks its queries on the shard's threads (with_threads says why it must ask).
         args = (n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
         if n > 1 and self.threads > 1:
-            _with_threads(self.threads, self._ix.search_c, *args)
+            with_threads(self.threads, self._ix.search_c, *args)
         else:  # one query never opens a parallel region
             self._ix.search_c(*args)
         if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
@@ -206,13 +206,3 @@ class SqAnnIndex:
         if deleted.size and np.isin(np.asarray(deleted, dtype=np.uint64), g._by_id).any():
             raise ValueError("the saved deleted ids and live slots disagree")
         return g
-
-
-def _with_threads(threads: int, fn, *args):
-    """Run a FAISS call with `threads` OpenMP threads (FAISS's count is per process)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        return fn(*args)
-    finally:
-        faiss.omp_set_num_threads(before)

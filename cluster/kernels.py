@@ -57,11 +57,19 @@ def row_dots(x: np.ndarray, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty(rows.size, dtype=np.float32)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     q = np.ascontiguousarray(q, dtype=np.float32)
+    with_threads(1, faiss.fvec_inner_products_by_idx, faiss.swig_ptr(out), faiss.swig_ptr(q),
+                 faiss.swig_ptr(x), faiss.swig_ptr(rows), x.shape[1], 1, rows.size)
+    return out
+
+
+def with_threads(threads: int, fn, *args):
+    """fn(*args) with FAISS's OpenMP pool at `threads` for the calling thread.
+
+    OpenMP keeps the count per calling thread: other threads keep theirs, and a
+    shard's socket and Ray threads start at the worker's default (1)."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # per calling thread (an OpenMP ICV): other threads keep theirs
+    faiss.omp_set_num_threads(threads)
     try:
-        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(x),
-                                         faiss.swig_ptr(rows), x.shape[1], 1, rows.size)
+        return fn(*args)
     finally:
         faiss.omp_set_num_threads(before)
-    return out
