@@ -45,6 +45,10 @@ class SearchBatcher:
         self.metrics = metrics
         self._pending: dict[tuple, _Batch] = {}
         self._in_flight = 0
+        # The loop keeps only weak references to tasks: a batch task waiting on a
+        # socket is otherwise garbage (its stream reader is held by that task alone)
+        # and is collected mid-search, leaving its callers waiting forever.
+        self._tasks: set[asyncio.Task] = set()
 
     async def search(self, name: str, queries: np.ndarray, k: int, dim: int, funnel: list,
                      allow_partial: bool, timeout: float | None,
@@ -85,7 +89,9 @@ class SearchBatcher:
     def _flush(self, key: tuple) -> None:
         batch = self._pending.pop(key, None)
         if batch is not None:
-            asyncio.get_running_loop().create_task(self._search_batch(key, batch.members))
+            task = asyncio.get_running_loop().create_task(self._search_batch(key, batch.members))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _search_batch(self, key: tuple, members: list[_Member]) -> None:
         if self.metrics is not None:

@@ -85,3 +85,43 @@ def test_different_shapes_are_not_mixed(batched, corpus):
     for i, r in enumerate(results):
         k, dim = 3 + i % 3, (32, 128, None)[i % 3]
         assert_matches_oracle(r.ids, r.scores, ids, docs, queries[i:i + 1], "cosine", dim or 384, k)
+
+
+def test_batches_in_flight_survive_garbage_collection(batched, corpus, coordinator):
+    """A batch's task is held by the batcher: the event loop keeps only weak references,
+    and a task waiting on a shard's socket is otherwise unreachable, so a collection
+    mid-search used to drop it and leave its callers waiting forever."""
+    import gc
+
+    from nestvec.cluster.batcher import SearchBatcher
+
+    _, _, name, ids, docs = batched
+    queries = corpus["queries"][:128]
+
+    async def storm():
+        batcher = SearchBatcher(coordinator, window=0.001, max_rows=8)
+        stop = False
+
+        async def collector():
+            while not stop:
+                gc.collect()
+                await asyncio.sleep(0.002)
+
+        async def caller(i):
+            out = []
+            for r in range(4):
+                q = queries[(i + r) % 128][None]
+                out.append((q, await batcher.search(name, q, 10, 64, [], False, None)))
+            return out
+        gc_task = asyncio.create_task(collector())
+        try:
+            return await asyncio.wait_for(asyncio.gather(*[caller(i) for i in range(128)]), 30)
+        finally:
+            stop = True
+            await gc_task
+    results = [pair for per_caller in asyncio.run(storm()) for pair in per_caller]
+    assert len(results) == 512
+    got_q = np.concatenate([q for q, _ in results])
+    assert_matches_oracle(np.concatenate([r.ids for _, r in results]),
+                          np.concatenate([r.scores for _, r in results]),
+                          ids, docs, got_q, "cosine", 64, 10)
