@@ -46,7 +46,10 @@ class GraphParams:
 
 
 class AnnIndex:
-    """One HNSW graph. Not thread-safe on its own: the owner serialises writes."""
+    """One HNSW graph. Not thread-safe on its own: the owner serialises every call
+    (ef is the graph's, not a search's: set_ef changes it for all)."""
+
+    CONCURRENT_SEARCHES = False
 
     FIRST_ADD_ROWS = 0  # nothing to train: a build adds every chunk alike
 
@@ -118,7 +121,8 @@ class AnnIndex:
         return len(marked)
 
     # ----- reads ----------------------------------------------------------------
-    def search(self, queries: np.ndarray, candidates: int, ef: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, candidates: int, ef: int,
+               threads: int | None = None) -> np.ndarray:
         """[Q, min(candidates, live)] ids of each query's nearest graph neighbours.
 
         Asking for at least as many as ef is wasteful, so ef is raised to the
@@ -130,7 +134,7 @@ class AnnIndex:
         self._g.set_ef(max(int(ef), c))
         # Queries need no normalising: scaling a query scales all its inner products alike.
         q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
-        labels, _ = self._g.knn_query(q, k=c, num_threads=self.threads)
+        labels, _ = self._g.knn_query(q, k=c, num_threads=threads or self.threads)
         return labels
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """ShardAnn: one shard's ANN graph over time: builds in the background, follows writes, persists.
 
 Owned by the shard actor beside its ShardEngine (the engine knows nothing of
-it). Everything here except the build thread runs in the actor's one call
-thread, so only the hand-over between the two needs the lock:
+it). Everything here except the build thread and searches runs under the
+actor's lock alone (searches of the 8-bit graph may run side by side: they only
+read), so only the hand-over between a build and the rest needs this lock:
 
 - A build snapshots the live (id, prefix) rows in the call thread, then adds
   them to a fresh graph in a background thread (hnswlib releases the GIL, so
@@ -192,15 +193,26 @@ class ShardAnn:
             self.start_build(engine, f"{self.graph.dead_fraction():.0%} of the graph deleted")
 
     # ----- reads ------------------------------------------------------------------
-    def candidates(self, queries: np.ndarray, candidates: int, ef: int) -> np.ndarray | None:
+    def concurrent_searches(self) -> bool:
+        """Whether the serving graph answers searches side by side (the 8-bit one:
+        its searches only read; hnswlib's ef is one setting for the whole graph)."""
+        graph = self.graph
+        return graph is not None and graph.CONCURRENT_SEARCHES
+
+    def candidates(self, queries: np.ndarray, candidates: int, ef: int,
+                   threads: int | None = None) -> np.ndarray | None:
         """[Q, M] candidate ids from the graph, or None while no graph serves."""
         graph = self.graph
         if graph is None:
             return None
         try:
-            return graph.search(queries, candidates, ef)
+            return graph.search(queries, candidates, ef, threads)
         except RuntimeError:  # hnswlib found fewer than asked (a graph cut up by deletions)
             return None       # the exact scan answers instead
+
+    def count_fallback(self, queries: int) -> None:
+        with self._lock:  # searches may run side by side
+            self.fallback_queries += queries
 
     def status(self) -> dict:
         """State for DescribeCollection: none / building / ready / stale (serving, rebuilding) / failed."""
@@ -277,7 +289,8 @@ def write_spec(shard_dir: str | None, spec: IndexSpec) -> None:
         write_json_atomic(os.path.join(shard_dir, SPEC_FILE), spec.to_dict())
 
 
-def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.ndarray, np.ndarray]:
+def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """One shard's answer to an ANN plan, shaped like the scan paths' for the merge.
 
     Candidates come from the graph and are re-scored exactly at every funnel
@@ -285,12 +298,13 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.nd
     carries exact scores. Each shard returns min(candidates, live) candidates
     per query, all stored and distinct. A query the graph cannot fill with
     stored ids (no graph yet: building) is answered by the exact scan instead.
+    `threads`: the graph walk's (default: the shard's).
     Returns (ids [Q, M], keys [Q, M]) without stages, else keys [Q, M, stages+1].
     """
     later = [d for d, _ in plan.stages] + [plan.dim]
     m = min(plan.ann_candidates, len(engine))
     n_q = queries.shape[0]
-    ids = ann.candidates(queries, plan.ann_candidates, plan.ef)
+    ids = ann.candidates(queries, plan.ann_candidates, plan.ef, threads)
     if ids is None or ids.shape[1] < m:
         short = np.arange(n_q)
         ids = np.zeros((n_q, m), dtype=np.uint64)
@@ -305,7 +319,7 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan) -> tuple[np.nd
             keys = np.take_along_axis(keys, order[..., None], axis=1)
             short = np.flatnonzero(found.sum(axis=1) < m)
     if short.size:
-        ann.fallback_queries += int(short.size)
+        ann.count_fallback(int(short.size))
         exact_ids, _ = engine.top_keys(queries[short], m, plan.dim)
         _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
         ids[short], keys[short] = exact_ids, exact_keys

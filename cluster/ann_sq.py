@@ -24,6 +24,7 @@ What FAISS's HNSW lacks, kept here:
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -47,7 +48,10 @@ def available() -> bool:
 
 
 class SqAnnIndex:
-    """One quantised HNSW graph. Not thread-safe on its own: the owner serialises writes."""
+    """One quantised HNSW graph. Searches may run concurrently with each other; a
+    write must run alone (the owner serialises it against everything)."""
+
+    CONCURRENT_SEARCHES = True
 
     FIRST_ADD_ROWS = RETRAIN_BELOW  # a build's first add: the rows the ranges train on
 
@@ -67,11 +71,14 @@ class SqAnnIndex:
         self._by_id = np.empty(0, dtype=np.uint64)     # live ids, sorted...
         self._slot_of = np.empty(0, dtype=np.int64)    # ...and their slots
         self.trained_on = 0
-        self._selector = None                          # (bitmap, IDSelectorBitmap), rebuilt after writes
-        # Search parameters, kept between searches. The live bitmap's selector is set
-        # once the graph has a dead slot (slots never come back to life).
-        self._search = faiss.SearchParametersHNSW()
-        self._search_ef = 0
+        # Search parameters per ef, kept between searches (SWIG attribute writes cost
+        # microseconds) and shared by concurrent searches, which only read them. Each
+        # carries the live bitmap's selector once the graph has a dead slot. Writes
+        # (which run alone: the shard's SharedLock) drop both; a search rebuilds them
+        # under _params_lock.
+        self._selector = None                          # (bitmap, IDSelectorBitmap)
+        self._params: dict[int, object] = {}
+        self._params_lock = threading.Lock()
 
     # ----- size -----------------------------------------------------------------
     @property
@@ -122,7 +129,7 @@ class SqAnnIndex:
         order = np.argsort(ids, kind="stable")  # ascending ids: positions ascend too
         self._by_id = np.insert(self._by_id, pos[order], ids[order])
         self._slot_of = np.insert(self._slot_of, pos[order], slots[order])
-        self._selector = None
+        self._selector, self._params = None, {}
 
     def delete(self, ids: np.ndarray) -> int:
         """Never return these ids again (until re-added). Returns how many were live."""
@@ -138,28 +145,26 @@ class SqAnnIndex:
         self._live[self._slot_of[hit]] = False
         self._by_id = np.delete(self._by_id, hit)
         self._slot_of = np.delete(self._slot_of, hit)
-        self._selector = None
+        self._selector, self._params = None, {}
         return int(hit.size)
 
     # ----- reads ----------------------------------------------------------------
-    def search(self, queries: np.ndarray, candidates: int, ef: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, candidates: int, ef: int,
+               threads: int | None = None) -> np.ndarray:
         """[Q, min(candidates, live)] ids of each query's nearest live slots.
 
-        Raises RuntimeError if the walk found fewer (a graph cut up by deletions),
-        as hnswlib does: the shard then answers those queries exactly.
+        A batch walks on `threads` OpenMP threads (default: the graph's). Raises
+        RuntimeError if the walk found fewer (a graph cut up by deletions), as
+        hnswlib does: the shard then answers those queries exactly.
         """
         live = self._by_id.size
         c = int(candidates) if candidates < live else live
         if c <= 0:
             return np.empty((queries.shape[0], 0), dtype=np.uint64)
-        p = self._search
         ef = int(ef) if ef > c else c
-        if self._search_ef != ef:  # SWIG attribute writes cost microseconds: only on change
-            p.efSearch = self._search_ef = ef
-        if self._selector is None and live < self._ids.size:  # first search since a delete
-            bits = np.packbits(self._live, bitorder="little")
-            self._selector = (bits, faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bits)))
-            p.sel = self._selector[1]
+        p = self._params.get(ef)
+        if p is None:
+            p = self._new_params(ef)
         n = queries.shape[0]
         q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
         dist = np.empty((n, c), dtype=np.float32)
@@ -167,13 +172,30 @@ class SqAnnIndex:
         # search_c: the same call as FAISS's Python search() without its checks. A batch
         # walks its queries on the shard's threads (with_threads says why it must ask).
         args = (n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
-        if n > 1 and self.threads > 1:
-            with_threads(self.threads, self._ix.search_c, *args)
+        threads = self.threads if threads is None else threads
+        if n > 1 and threads > 1:
+            with_threads(threads, self._ix.search_c, *args)
         else:  # one query never opens a parallel region
             self._ix.search_c(*args)
         if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
             raise RuntimeError("the graph walk found fewer live vectors than asked")
         return self._ids[slots]
+
+    def _new_params(self, ef: int):
+        with self._params_lock:
+            p = self._params.get(ef)
+            if p is None:
+                if len(self._params) >= 32:  # clients choose ef: keep the cache small
+                    self._params = {}        # (a search holding an old one keeps its reference)
+                p = faiss.SearchParametersHNSW()
+                p.efSearch = ef
+                if self._by_id.size < self._ids.size:  # dead slots: filter them
+                    if self._selector is None:  # slots never come back to life
+                        bits = np.packbits(self._live, bitorder="little")
+                        self._selector = (bits, faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bits)))
+                    p.sel = self._selector[1]
+                self._params[ef] = p
+            return p
 
     def deleted_ids(self) -> np.ndarray:
         """Ids whose only slots are dead (a replaced id is live: its new slot serves)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 # Smaller batches are not split: a part of a few queries does not amortise the
 # hand-off (~50 us), and batch 1 must not pay for it at all.
@@ -44,6 +45,18 @@ def ways(batch: int) -> int:
     if _threads < 2 or batch < MIN_BATCH or getattr(_local, "inside", False):
         return 1  # inside a part: never nest (the pool's threads are all taken)
     return _threads if _blas_libs() else 1
+
+
+@contextmanager
+def on_calling_thread():
+    """Searches inside run unsplit on the calling thread (another search is using
+    the other cores: splitting would only add hand-offs)."""
+    before = getattr(_local, "inside", False)
+    _local.inside = True
+    try:
+        yield
+    finally:
+        _local.inside = before
 
 
 def run(fn, items: list) -> list:

@@ -4,8 +4,9 @@ It adds nothing to the math; it gives the shard a name in a Ray namespace so
 any gateway or Ray job can find it. Ray runs its calls one at a time (a
 synchronous actor); the shard also answers searches from coordinators on its
 own node over a Unix socket (direct.py), on that server's threads, so every
-call that touches the engine takes the actor's lock and calls still run one at
-a time, whichever way they came. With a data
+call that touches the engine takes the actor's lock (shared_lock.py) and calls
+run one at a time, whichever way they came; the exception is searches of an
+8-bit graph, which only read and run side by side. With a data
 directory it is created with max_restarts, and Ray's restart re-runs
 __init__, which recovers the shard from disk before any call is served.
 
@@ -22,11 +23,12 @@ import time
 import numpy as np
 import ray
 
-from nestvec.cluster import ann_shard, funnel_rounds
+from nestvec.cluster import ann_shard, funnel_rounds, parallel
 from nestvec.cluster.ann_shard import ShardAnn
 from nestvec.cluster.collection import CollectionConfig, IndexSpec, SearchPlan
 from nestvec.cluster.direct import DirectServer
 from nestvec.cluster.durable_shard import DurableShard
+from nestvec.cluster.shared_lock import SharedLock
 from nestvec.cluster.engine import ShardEngine
 from nestvec.errors import DeadlineExceeded, FailedPrecondition
 
@@ -38,11 +40,11 @@ def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
 
 
 def _locked(method):
-    """Run under the actor's lock: Ray's call thread and the direct-search threads
-    must not use the engine at the same time."""
+    """Run under the actor's lock, alone: Ray's call thread and the direct-search
+    threads must not use the engine at the same time."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self._lock:
+        with self._lock.exclusive():
             return method(self, *args, **kwargs)
     return run
 
@@ -52,7 +54,9 @@ class ShardActor:
     def __init__(self, config: dict, shard: int, directory: str | None = None,
                  fsync: str = "always", fsync_interval: float = 0.05, threads: int = 1):
         _limit_threads(threads)
-        self._lock = threading.Lock()
+        self._lock = SharedLock()
+        self._count_lock = threading.Lock()
+        self.threads = threads
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
         self.directory = directory
@@ -68,6 +72,7 @@ class ShardActor:
         self.was_restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.direct = DirectServer(self._direct_search)
         self.direct_searches = 0
+        self.overlapped_searches = 0  # ANN searches that began while another ran
 
     def ready(self) -> bool:
         return True
@@ -90,11 +95,30 @@ class ShardActor:
 
     def _direct_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
                        round_: tuple | None = None):
-        with self._lock:
+        with self._count_lock:
             self.direct_searches += 1
+        if round_ is None and plan.ann_candidates and self.ann.concurrent_searches():
+            with self._lock.shared() as inside:
+                if self.ann.concurrent_searches():  # still (the index may have changed)
+                    if inside > 1:
+                        with self._count_lock:
+                            self.overlapped_searches += 1
+                    return self._shared_ann_search(queries, plan, deadline, alone=inside == 1)
+        with self._lock.exclusive():
             if round_ is not None:
                 return self._funnel_round(queries, plan, *round_, deadline)
             return self._search_keys(queries, plan, deadline)
+
+    def _shared_ann_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
+                           alone: bool):
+        """An ANN search that may overlap others. Alone, a batch walks and re-ranks
+        on all the shard's threads; beside another search it keeps to one core
+        (OpenMP threads sharing cores wait on each other at every barrier)."""
+        _check_deadline(deadline)
+        if alone or self.threads == 1:
+            return ann_shard.search_keys(self.engine, self.ann, queries, plan)
+        with parallel.on_calling_thread():
+            return ann_shard.search_keys(self.engine, self.ann, queries, plan, threads=1)
 
     @_locked
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, deadline: float | None = None) -> int:
@@ -215,6 +239,7 @@ class ShardActor:
                "memory_bytes": self.engine.memory_bytes(), "rss_bytes": _rss_bytes(),
                "health": "RECOVERED" if (restarts or self.was_restarted) else "SERVING",
                "direct_searches": self.direct_searches,
+               "overlapped_searches": self.overlapped_searches,
                **self.ann.status()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
@@ -246,7 +271,7 @@ def _limit_threads(n: int) -> None:
     """
     import threadpoolctl
 
-    from nestvec.cluster import kernels, parallel
+    from nestvec.cluster import kernels
     threadpoolctl.threadpool_limits(n)
     kernels.set_threads(n)
     parallel.set_threads(n)  # batches then run as n parts of one BLAS thread each
