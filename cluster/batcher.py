@@ -38,10 +38,16 @@ class _Batch:
 
 class SearchBatcher:
     def __init__(self, coordinator: Coordinator, window: float = 0.001, max_rows: int = 256,
-                 metrics=None):
+                 metrics=None, ann_max_rows: int = 32):
         self.coord = coordinator
         self.window = window
         self.max_rows = max_rows
+        # ANN batches go out smaller: a scan's cost is mostly one pass over the shard's
+        # rows whatever the batch (bigger amortises more), a graph walk's is per query,
+        # and a shard runs several ANN batches side by side (shard_actor.py), so a few
+        # smaller batches in flight keep its cores busy where one big batch leaves them
+        # idle while its callers come back (docs/ann.md, "Concurrent callers").
+        self.ann_max_rows = ann_max_rows
         self.metrics = metrics
         self._pending: dict[tuple, _Batch] = {}
         self._in_flight = 0
@@ -59,7 +65,8 @@ class SearchBatcher:
                                             target_recall, ann=bool(ann and ann[0]), timeout=timeout)
         key = (name, int(k), int(dim or 0), tuple(tuple(s) for s in funnel), bool(allow_partial),
                queries.ndim == 2 and queries.shape[1], tuple(ann))
-        if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= self.max_rows or (
+        max_rows = self.ann_max_rows if ann and ann[0] else self.max_rows
+        if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= max_rows or (
                 self._in_flight == 0 and key not in self._pending):
             return await self._run(key, queries, timeout)
         loop = asyncio.get_running_loop()
@@ -71,7 +78,7 @@ class SearchBatcher:
                          None if timeout is None else time.monotonic() + timeout)
         batch.members.append(member)
         batch.rows += queries.shape[0]
-        if batch.rows >= self.max_rows:
+        if batch.rows >= max_rows:
             batch.timer.cancel()
             self._flush(key)
         return await member.future
