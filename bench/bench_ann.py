@@ -15,7 +15,12 @@ One run, same vectors, same thread count (default 2) for every method:
   (cluster/ann_sq.py), at that type's default ef_construction (128, --sq8-efc);
 - `nestvec-e2e-P` (with --e2e): the same through the in-process Coordinator
   (Ray shard actor, one shard with the same thread count), index type --e2e-type
-  (default hnsw_sq8) at its default prefix and ef_construction.
+  (default hnsw_sq8) at its default prefix and ef_construction: single queries
+  one after another, then throughput with --callers (128) concurrent
+  single-query callers through the gateway's SearchBatcher, against hnswlib
+  answering the query set as one batch on the same threads, in alternating
+  rounds; nestvec at the type's default ef/candidates and at the in-process
+  8-bit graph's cheapest setting at recall 0.95 (the same graph).
 
 For each point: recall@10 against exact full-dim search and single-query QPS
 (batch 1: queries one after another, total time over the query set or
@@ -75,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the e2e collection's index type, at that type's default prefix and "
                         "ef_construction unless --e2e-prefix is given")
     p.add_argument("--e2e-prefix", type=int, default=None)
+    p.add_argument("--callers", type=int, default=128,
+                   help="e2e: concurrent single-query callers through SearchBatcher (0 skips)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="e2e concurrent: the batcher's ann_max_rows (default: the gateway's)")
+    p.add_argument("--conc-seconds", type=float, default=3.0, help="seconds per concurrent round")
+    p.add_argument("--conc-rounds", type=int, default=3, help="alternating concurrent rounds")
     p.add_argument("--sq8", type=int, default=DEFAULT_INDEX_DIM["hnsw_sq8"],
                    help="also the quantised graph (index type hnsw_sq8) at this prefix (0: skip)")
     p.add_argument("--sq8-efc", type=int, default=DEFAULT_EF_CONSTRUCTION["hnsw_sq8"],
@@ -103,7 +114,7 @@ import faiss  # noqa: E402
 import hnswlib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import (DEFAULT_DATA, exact_cosine_topk, load_corpus, log, machine,  # noqa: E402
+from _common import (DEFAULT_DATA, load_corpus, log, machine,  # noqa: E402
                      markdown_table, recall, write_results)
 
 from nestvec.cluster.ann_shard import ShardAnn, search_keys  # noqa: E402
@@ -181,7 +192,7 @@ def bench_hnswlib(x, queries, truth, a) -> dict:
         return lambda q: g.knn_query(unit(q), k=10, num_threads=a.threads)[0].astype(np.int64)
     pts = sweep(f"hnswlib-{d}", setter, EF_SWEEP, qn, truth, a.budget)
     return {"method": f"hnswlib-{d}", "build_s": round(build, 2), "graph_bytes": g.index_file_size(),
-            "param": "ef", "points": pts, "setter": setter}
+            "param": "ef", "points": pts, "setter": setter, "graph": g}
 
 
 def bench_faiss(x, queries, truth, a) -> dict:
@@ -235,13 +246,14 @@ def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | Non
         return search
     values = CAND_SWEEP + (SPLIT_SWEEP if kind == "hnsw_sq8" else ())
     pts = sweep(name, setter, values, queries, truth, a.budget)
-    return ({"method": name, "ef_construction": efc, "build_s": round(build, 2), "graph_bytes": mem,
+    return ({"method": name, "kind": kind, "prefix": prefix, "ef_construction": efc,
+             "build_s": round(build, 2), "graph_bytes": mem,
              "engine_vector_bytes": int(x.nbytes), "param": "candidates (= ef)", "points": pts,
              "setter": setter},
             engine)
 
 
-def bench_e2e(x, queries, truth, a) -> dict:
+def bench_e2e(x, queries, truth, a, baseline=None, cheapest=None) -> dict:
     """The same ANN searches through the in-process Coordinator and a Ray shard actor."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -266,11 +278,81 @@ def bench_e2e(x, queries, truth, a) -> dict:
         def setter(cand):
             return lambda q: coord.search(name, q, 10, ann=True, ef=cand, candidates=cand).ids.astype(np.int64)
         pts = sweep(f"nestvec-e2e-{p}", setter, CAND_SWEEP, queries, truth, a.budget)
+        out = {"method": f"nestvec-e2e-{p}", "build_s": round(stats[0]["index_build_seconds"], 2),
+               "graph_bytes": stats[0]["index_bytes"], "param": "candidates (= ef)", "points": pts}
+        if a.callers and baseline is not None:
+            settings = {"defaults": (0, 0)}
+            if cheapest:  # the in-process sweep's cheapest setting at recall 0.95, same graph
+                ef, cand = (int(v) for v in cheapest.split("/")) if isinstance(cheapest, str) \
+                    else (cheapest, cheapest)
+                settings["cheapest"] = (ef, cand)
+            out["concurrent"] = bench_concurrent(coord, name, queries, truth, baseline, settings, a)
         coord.drop_collection(name)
-        return {"method": f"nestvec-e2e-{p}", "build_s": round(stats[0]["index_build_seconds"], 2),
-                "graph_bytes": stats[0]["index_bytes"], "param": "candidates (= ef)", "points": pts}
+        return out
     finally:
         ray.shutdown()
+
+
+def bench_concurrent(coord, name: str, queries, truth, baseline, settings: dict, a) -> dict:
+    """Throughput of --callers concurrent single-query callers through the in-process
+    coordinator and the gateway's SearchBatcher (its defaults; --max-rows), against
+    hnswlib answering the same queries as one batch on --threads threads, in
+    alternating rounds (--conc-rounds of --conc-seconds each). `baseline`: (hnswlib
+    index, its cheapest ef at recall 0.95). `settings`: label -> (ef, candidates)
+    for nestvec (0, 0: the index type's defaults, as a client that names neither)."""
+    import asyncio
+
+    from nestvec.cluster.batcher import SearchBatcher
+    graph, base_ef = baseline
+    qn = unit(queries)
+    n = queries.shape[0]
+
+    def hnswlib_qps() -> float:
+        graph.set_ef(base_ef)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < a.conc_seconds:
+            graph.knn_query(qn, k=10, num_threads=a.threads)
+            done += n
+        return done / (time.perf_counter() - t0)
+
+    def nestvec_qps(ef: int, cand: int) -> tuple[float, float]:
+        async def run():
+            batcher = SearchBatcher(coord, **({"ann_max_rows": a.max_rows} if a.max_rows else {}))
+            found = np.full((n, 10), -1, dtype=np.int64)
+            done, end = 0, time.perf_counter() + a.conc_seconds
+
+            async def caller(c: int) -> None:
+                nonlocal done
+                i = c
+                while time.perf_counter() < end:
+                    r = await batcher.search(name, queries[i % n: i % n + 1], 10, 0, [], False, None,
+                                             ann=(True, ef, cand))
+                    found[i % n] = r.ids[0]
+                    done += 1
+                    i += a.callers
+            t0 = time.perf_counter()
+            await asyncio.gather(*[caller(c) for c in range(a.callers)])
+            seen = found[:, 0] >= 0
+            return done / (time.perf_counter() - t0), recall(found[seen], truth[seen], 10)
+        return asyncio.run(run())
+
+    rounds = []
+    for r in range(a.conc_rounds):
+        row = {"hnswlib_qps": round(hnswlib_qps())}
+        msg = [f"hnswlib {row['hnswlib_qps']:6d} q/s (batch, ef {base_ef})"]
+        for label, (ef, cand) in settings.items():
+            qps, rec = nestvec_qps(ef, cand)
+            row[label] = {"qps": round(qps), "recall": round(rec, 4),
+                          "ratio": round(qps / row["hnswlib_qps"], 3)}
+            msg.append(f"nestvec {label} {qps:6.0f} q/s (recall {rec:.3f}) {qps / row['hnswlib_qps']:.2f}x")
+        rounds.append(row)
+        log(f"  concurrent round {r + 1}, {a.callers} callers: " + " | ".join(msg))
+    out = {"callers": a.callers, "ann_max_rows": a.max_rows or SearchBatcher(coord).ann_max_rows,
+           "hnswlib_ef": base_ef, "settings": {k: list(v) for k, v in settings.items()}, "rounds": rounds}
+    for label in settings:
+        out[f"median_ratio_{label}"] = round(float(np.median([x[label]["ratio"] for x in rounds])), 3)
+        log(f"  concurrent, {label} {settings[label]}: median {out[f'median_ratio_{label}']:.2f}x hnswlib")
+    return out
 
 
 def interleave(methods: list[dict], queries: np.ndarray, rounds: int, block: int = 200,
@@ -328,11 +410,18 @@ def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
         mth["best_at_0.95"] = best_at(mth["points"])
     if a.rounds:
         interleave(methods, queries, a.rounds)
+    base_best = methods[0]["best_at_0.95"]
+    baseline = (methods[0].pop("graph"), max(base_best["param"], 10)) if base_best else None
     for mth in methods:
         mth.pop("setter")
     del engine
+    # The in-process 8-bit graph's cheapest setting at 0.95, when it is the e2e graph too.
+    same = [m for m in methods if m.get("kind") == a.e2e_type and m["best_at_0.95"]
+            and m["prefix"] == (a.e2e_prefix or DEFAULT_INDEX_DIM[a.e2e_type])
+            and m["ef_construction"] == DEFAULT_EF_CONSTRUCTION[a.e2e_type]]
     if a.e2e:
-        methods.append(bench_e2e(x, queries, truth, a))
+        methods.append(bench_e2e(x, queries, truth, a, baseline,
+                                 same[0]["best_at_0.95"]["param"] if same else None))
         methods[-1]["best_at_0.95"] = best_at(methods[-1]["points"])
     base = methods[0]
     base_best = base["best_at_0.95"]
