@@ -6,7 +6,8 @@ synchronous actor); the shard also answers searches from coordinators on its
 own node over a Unix socket (direct.py), on that server's threads, so every
 call that touches the engine takes the actor's lock (shared_lock.py) and calls
 run one at a time, whichever way they came; the exception is searches of an
-8-bit graph, which only read and run side by side. With a data
+8-bit graph over the socket, which only read and run side by side (searches
+that come through Ray, from other nodes, still take the lock alone). With a data
 directory it is created with max_restarts, and Ray's restart re-runs
 __init__, which recovers the shard from disk before any call is served.
 
