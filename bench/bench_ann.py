@@ -123,10 +123,11 @@ from nestvec.cluster.coordinator import merge_shard_results  # noqa: E402
 from nestvec.cluster.engine import ShardEngine  # noqa: E402
 
 # Both sweeps step finely around where recall@10 crosses 0.95 on corpusA (hnswlib
-# near ef 44, the 128-dim prefix graph near 60), so neither side's best point
-# at 0.95 is missed by a coarse step.
-EF_SWEEP = (10, 16, 24, 32, 40, 44, 48, 56, 64, 96, 128, 192, 256)
-CAND_SWEEP = (20, 30, 40, 50, 56, 60, 64, 75, 100, 150, 200, 300, 400, 600)
+# near ef 44, the 128-dim prefix graph near 60) and at a million vectors (hnswlib
+# between ef 64 and 96, the graphs between 100 and 150 candidates), so neither
+# side's best point at 0.95 is missed by a coarse step.
+EF_SWEEP = (10, 16, 24, 32, 40, 44, 48, 56, 64, 80, 96, 128, 192, 256)
+CAND_SWEEP = (20, 30, 40, 50, 56, 60, 64, 75, 100, 120, 150, 200, 300, 400, 600)
 # The 8-bit graph also tries ef and candidates apart ("ef/candidates"): its walk finds
 # good candidates, so re-ranking fewer than it walks for is often cheapest.
 SPLIT_SWEEP = ("40/30", "48/30", "56/30", "40/40", "48/40", "56/40", "64/40")
