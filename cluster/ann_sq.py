@@ -172,9 +172,8 @@ class SqAnnIndex:
         # search_c: the same call as FAISS's Python search() without its checks. A batch
         # walks its queries on the shard's threads (with_threads says why it must ask).
         args = (n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
-        threads = self.threads if threads is None else threads
-        if n > 1 and threads > 1:
-            with_threads(threads, self._ix.search_c, *args)
+        if n > 1:  # set the count even for 1: a thread's default comes from OMP_NUM_THREADS
+            with_threads(self.threads if threads is None else threads, self._ix.search_c, *args)
         else:  # one query never opens a parallel region
             self._ix.search_c(*args)
         if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
