@@ -217,6 +217,14 @@ def bench_faiss(x, queries, truth, a) -> dict:
             "param": "efSearch", "points": pts, "setter": setter}
 
 
+def ef_candidates(setting) -> tuple[int, int]:
+    """A nestvec sweep value as (ef, candidates): a candidate count (ef the same) or "ef/candidates"."""
+    if isinstance(setting, str):
+        ef, cand = (int(v) for v in setting.split("/"))
+        return ef, cand
+    return setting, setting
+
+
 def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | None = None,
                   kind: str = "hnsw") -> tuple[dict, ShardEngine]:
     efc = efc or a.ef_construction
@@ -240,8 +248,8 @@ def bench_nestvec(x, queries, truth, prefix: int, a, engine=None, efc: int | Non
     mem = ann.graph.memory_bytes()
     log(f"{name}: built in {build:.1f}s (graph {mem / 2**20:.0f} MiB)")
 
-    def setter(cand):  # candidates (ef the same), or "ef/candidates"
-        ef, cand = (int(v) for v in cand.split("/")) if isinstance(cand, str) else (cand, cand)
+    def setter(cand):
+        ef, cand = ef_candidates(cand)
         plan = plan_search(cfg, x.shape[1], 10, ann=True, candidates=max(cand, 10), ef=max(ef, 10))
 
         def search(q):
@@ -287,9 +295,7 @@ def bench_e2e(x, queries, truth, a, baseline=None, cheapest=None) -> dict:
         if a.callers and baseline is not None:
             settings = {"defaults": (0, 0)}
             if cheapest:  # the in-process sweep's cheapest setting at recall 0.95, same graph
-                ef, cand = (int(v) for v in cheapest.split("/")) if isinstance(cheapest, str) \
-                    else (cheapest, cheapest)
-                settings["cheapest"] = (ef, cand)
+                settings["cheapest"] = ef_candidates(cheapest)
             out["concurrent"] = bench_concurrent(coord, name, queries, truth, baseline, settings, a)
         coord.drop_collection(name)
         return out
@@ -456,7 +462,6 @@ def run_set(label: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
         methods.append(bench_e2e(x, queries, truth, a, baseline, cheapest))
         methods[-1]["best_at_0.95"] = best_at(methods[-1]["points"])
     base = methods[0]
-    base_best = base["best_at_0.95"]
     rows = []
     for mth in methods:
         b = mth["best_at_0.95"]

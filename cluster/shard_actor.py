@@ -57,7 +57,6 @@ class ShardActor:
         _limit_threads(threads)
         self._lock = SharedLock()
         self._count_lock = threading.Lock()
-        self.threads = threads
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
         self.directory = directory
@@ -116,7 +115,7 @@ class ShardActor:
         on all the shard's threads; beside another search it keeps to one core
         (OpenMP threads sharing cores wait on each other at every barrier)."""
         _check_deadline(deadline)
-        if alone or self.threads == 1:
+        if alone:
             return ann_shard.search_keys(self.engine, self.ann, queries, plan)
         with parallel.on_calling_thread():
             return ann_shard.search_keys(self.engine, self.ann, queries, plan, threads=1)
