@@ -117,6 +117,7 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
     coord, name, docs = sq8_collection
     queries = corpus["queries"][:200]
     deleted: set[int] = set()  # ids whose delete was acknowledged and not undone since
+    revived: list[int] = []  # ids in the order their upsert back began
     guard = threading.Lock()
     rng = np.random.default_rng(1)
 
@@ -128,15 +129,20 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
                 deleted.update(gone)
                 back = sorted(deleted)[:20]
                 deleted.difference_update(back)  # before the upsert: may come back from now on
+                revived.extend(back)
             coord.upsert(name, back, docs[back])
 
     async def searches():
         async def one(i: int):
             with guard:
                 before = set(deleted)  # deleted before this search started
+                mark = len(revived)
             q = queries[i % len(queries)][None]
             r = await coord.asearch(name, q, 10, ann=True, ef=40, candidates=30)
-            return before, q, r
+            with guard:
+                # An id whose upsert began while this search was in flight may rightly
+                # be found again; the rest stayed deleted for the whole search.
+                return before.difference(revived[mark:]), q, r
         return await asyncio.gather(*[one(i) for i in range(600)])
 
     writer = threading.Thread(target=writes)
@@ -145,6 +151,7 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
     while writer.is_alive() or not results:
         results += asyncio.run(searches())
     writer.join()
+    assert sum(1 for before, _, _ in results if before) > len(results) // 2, "too few searches had deletes to miss"
     # Cosine scores at 384 dims, computed here from the rows as stored.
     unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
     for before, q, r in results:
