@@ -142,7 +142,7 @@ def _dataset(kind: str, files: list[str], batch_rows: int, id_offset: int, colum
                                  "pip install 'nestvec[data]'") from None
 
     if kind == "parquet":
-        return ray.data.read_parquet(files, ray_remote_args={"num_cpus": task_cpus}).select_columns(columns)
+        return ray.data.read_parquet(files, num_cpus=task_cpus).select_columns(columns)
     return ray.data.from_items(npy_chunks(files, batch_rows, id_offset))
 
 

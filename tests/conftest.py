@@ -75,11 +75,11 @@ def collection_name(request):
     """A unique collection name; the collection is dropped after the test if it exists."""
     name = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
     name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name)
+    gw = request.getfixturevalue("gateway")  # session-scoped; asked for now, not at teardown
     yield name
     from nestvec.client import Client
     from nestvec.errors import NotFound
 
-    gw = request.getfixturevalue("gateway")
     with Client(gw.address) as c:
         try:
             c.drop_collection(name)
