@@ -119,6 +119,7 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
     deleted: set[int] = set()  # ids whose delete was acknowledged and not undone since
     revived: list[int] = []  # ids in the order their upsert back began
     guard = threading.Lock()
+    first_delete = threading.Event()
     rng = np.random.default_rng(1)
 
     def writes():
@@ -130,9 +131,10 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
                 back = sorted(deleted)[:20]
                 deleted.difference_update(back)  # before the upsert: may come back from now on
                 revived.extend(back)
+            first_delete.set()  # from now on at least 20 ids are deleted at any moment
             coord.upsert(name, back, docs[back])
 
-    async def searches():
+    async def searches(start: int):
         async def one(i: int):
             with guard:
                 before = set(deleted)  # deleted before this search started
@@ -143,13 +145,16 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
                 # An id whose upsert began while this search was in flight may rightly
                 # be found again; the rest stayed deleted for the whole search.
                 return before.difference(revived[mark:]), q, r
-        return await asyncio.gather(*[one(i) for i in range(600)])
+        # Every search of a round takes its snapshot as the round starts: short
+        # rounds, so that the snapshots follow the writes.
+        return await asyncio.gather(*[one(i) for i in range(start, start + 64)])
 
     writer = threading.Thread(target=writes)
     writer.start()
+    assert first_delete.wait(60), "the writer never finished a delete"
     results = []
-    while writer.is_alive() or not results:
-        results += asyncio.run(searches())
+    while writer.is_alive() or len(results) < 600:
+        results += asyncio.run(searches(len(results)))
     writer.join()
     assert sum(1 for before, _, _ in results if before) > len(results) // 2, "too few searches had deletes to miss"
     # Cosine scores at 384 dims, computed here from the rows as stored.
