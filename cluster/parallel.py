@@ -49,7 +49,8 @@ def ways(batch: int) -> int:
 
 @contextmanager
 def on_calling_thread():
-    """Searches inside run unsplit on the calling thread (another search is using
+    """Searches inside run unsplit on the calling thread: inside a part of a split
+    batch (the pool's threads are all taken), or beside another search (it is using
     the other cores: splitting would only add hand-offs)."""
     before = getattr(_local, "inside", False)
     _local.inside = True
@@ -71,11 +72,8 @@ def run(fn, items: list) -> list:
 
 
 def _part(fn, item):
-    _local.inside = True
-    try:
+    with on_calling_thread():
         return fn(item)
-    finally:
-        _local.inside = False
 
 
 def _enter() -> ThreadPoolExecutor:
