@@ -19,6 +19,7 @@ import pytest
 from nestvec.cluster.ann_index import GraphParams
 from nestvec.cluster.ann_sq import SqAnnIndex
 from nestvec.cluster.shared_lock import SharedLock
+from tests.oracle import exact_scores
 
 
 # ----- the lock -----------------------------------------------------------------------
@@ -139,12 +140,12 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
             with guard:
                 before = set(deleted)  # deleted before this search started
                 mark = len(revived)
-            q = queries[i % len(queries)][None]
-            r = await coord.asearch(name, q, 10, ann=True, ef=40, candidates=30)
+            qi = i % len(queries)
+            r = await coord.asearch(name, queries[qi][None], 10, ann=True, ef=40, candidates=30)
             with guard:
                 # An id whose upsert began while this search was in flight may rightly
                 # be found again; the rest stayed deleted for the whole search.
-                return before.difference(revived[mark:]), q, r
+                return before.difference(revived[mark:]), qi, r
         # Every search of a round takes its snapshot as the round starts: short
         # rounds, so that the snapshots follow the writes.
         return await asyncio.gather(*[one(i) for i in range(start, start + 64)])
@@ -157,14 +158,12 @@ def test_concurrent_searches_with_writes_stay_exact(sq8_collection, corpus):
         results += asyncio.run(searches(len(results)))
     writer.join()
     assert sum(1 for before, _, _ in results if before) > len(results) // 2, "too few searches had deletes to miss"
-    # Cosine scores at 384 dims, computed here from the rows as stored.
-    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
-    for before, q, r in results:
+    exact = exact_scores(docs, queries, "cosine", 384)  # ids are row numbers here
+    for before, qi, r in results:
         row_ids, row_scores = r.ids[0], r.scores[0]
         assert len(set(row_ids.tolist())) == len(row_ids), "an id twice"
         assert not before.intersection(row_ids.tolist()), "an acknowledged-deleted id came back"
-        want = unit[row_ids.astype(np.int64)] @ (q[0] / np.linalg.norm(q[0]))
-        np.testing.assert_allclose(row_scores, want, atol=1e-4)
+        np.testing.assert_allclose(row_scores, exact[qi, row_ids.astype(np.int64)], atol=1e-4)
         assert (np.diff(row_scores) <= 1e-6).all()
     stats = coord.describe_collection(name)[1][0]
     assert stats["overlapped_searches"] > 0, "no two searches ever ran side by side"
