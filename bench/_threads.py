@@ -83,9 +83,9 @@ def set_threads(threads: int) -> bool:
 
 
 def _engine_threads(threads: int) -> None:
-    """The engine's own batch split (nestvec.cluster.parallel) gets the same budget."""
+    """The engine's own batch split (nestvec.cluster._engine.parallel) gets the same budget."""
     try:
-        from nestvec.cluster import parallel
+        from nestvec.cluster._engine import parallel
     except ImportError:
         return
     parallel.set_threads(threads)

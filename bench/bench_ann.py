@@ -12,7 +12,7 @@ One run, same vectors, same thread count (default 2) for every method:
   graph built at ef_construction N (the exact re-rank makes up for a cheaper graph);
 - `nestvec-ann-160-sq8` (--sq8 P, default the type's default prefix, 160; 0 skips): the
   same with index type hnsw_sq8, FAISS's HNSW over 8-bit codes of the prefix
-  (cluster/ann_sq.py), at that type's default ef_construction (128, --sq8-efc);
+  (cluster/_engine/ann_sq.py), at that type's default ef_construction (128, --sq8-efc);
 - `nestvec-e2e-P` (with --e2e): the same through the in-process Coordinator
   (Ray shard actor, one shard with the same thread count), index type --e2e-type
   (default hnsw_sq8) at its default prefix and ef_construction: single queries
@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _threads  # noqa: E402
 
 
-from nestvec.cluster.collection import DEFAULT_EF_CONSTRUCTION, DEFAULT_INDEX_DIM  # noqa: E402
+from nestvec.cluster._engine.collection import DEFAULT_EF_CONSTRUCTION, DEFAULT_INDEX_DIM  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,10 +120,10 @@ import numpy as np  # noqa: E402
 from _common import (DEFAULT_DATA, load_corpus, log, machine,  # noqa: E402
                      markdown_table, recall, write_results)
 
-from nestvec.cluster.ann_shard import ShardAnn, search_keys  # noqa: E402
-from nestvec.cluster.collection import CollectionConfig, plan_search  # noqa: E402
-from nestvec.cluster.coordinator import merge_shard_results  # noqa: E402
-from nestvec.cluster.engine import ShardEngine  # noqa: E402
+from nestvec.cluster._storage.ann_shard import ShardAnn, search_keys  # noqa: E402
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search  # noqa: E402
+from nestvec.cluster._distributed.coordinator import merge_shard_results  # noqa: E402
+from nestvec.cluster._engine.shard_engine import ShardEngine  # noqa: E402
 
 # Both sweeps step finely around where recall@10 crosses 0.95 on corpusA (hnswlib
 # near ef 44, the 128-dim prefix graph near 60) and at a million vectors (hnswlib
@@ -270,8 +270,8 @@ def bench_e2e(x, queries, truth, a, baseline=None, cheapest=None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.server import start_ray
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.serve import start_ray
     ns = f"bench-ann-{uuid.uuid4().hex[:6]}"
     start_ray(namespace=ns, num_cpus=2)
     try:
@@ -312,7 +312,7 @@ def bench_concurrent(coord, name: str, queries, truth, baseline, settings: dict,
     for nestvec (0, 0: the index type's defaults, as a client that names neither)."""
     import asyncio
 
-    from nestvec.cluster.batcher import SearchBatcher
+    from nestvec.cluster._distributed.batcher import SearchBatcher
     graph, base_ef = baseline
     qn = unit(queries)
     n = queries.shape[0]

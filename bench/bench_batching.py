@@ -54,9 +54,9 @@ def main() -> None:
     ap.add_argument("--window-ms", type=float, default=1.0)
     args = ap.parse_args()
 
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.metrics import GatewayMetrics
-    from nestvec.cluster.server import GatewayThread, start_ray
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.metrics import GatewayMetrics
+    from nestvec.cluster._server.serve import GatewayThread, start_ray
 
     z = np.load(args.data)
     docs, queries = z["docs"].astype(np.float32), z["queries"].astype(np.float32)

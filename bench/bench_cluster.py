@@ -51,7 +51,7 @@ def start_serve(head: str, ns: str, port: int, log_path: str, *extra: str) -> su
     from test_crash import _wait_serving
 
     with open(log_path, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "nestvec.cluster.cli", "serve", "--ray-address", head,
+        proc = subprocess.Popen([sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--ray-address", head,
                                  "--namespace", ns, "--port", str(port), *extra],
                                 stdout=f, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     _wait_serving(f"127.0.0.1:{port}", proc, log_path, timeout=300)
@@ -161,7 +161,7 @@ def grpc_ingest(address: str, name: str, src: pathlib.Path, batch_rows: int) -> 
     import pyarrow.parquet as pq
 
     from nestvec.client import Client
-    from nestvec.cluster.bulk import arrow_vectors
+    from nestvec.cluster._ops.bulk import arrow_vectors
 
     def batches():
         for f in sorted(src.glob("*.parquet")):
@@ -176,7 +176,7 @@ def bench_ingest(head: str, docs, args, tmp: str) -> dict:
     import ray
 
     from nestvec.client import Client
-    from nestvec.cluster import bulk
+    from nestvec.cluster._ops import bulk
     from proc_util import free_port
 
     src = pathlib.Path(tmp) / "parquet"

@@ -34,8 +34,8 @@ DATA = REPO.parent / "shared" / "data" / "corpusA" / "embeddings.npz"
 
 def ingest_rate(mode: str, docs: np.ndarray, batch: int, tmp: str) -> float:
     from nestvec.client import Client
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.serve import GatewayThread
     import ray
 
     ns = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
@@ -65,8 +65,8 @@ def ingest_rate(mode: str, docs: np.ndarray, batch: int, tmp: str) -> float:
 
 
 def recovery_times(docs: np.ndarray, total: int, tmp: str) -> dict:
-    from nestvec.cluster.collection import CollectionConfig
-    from nestvec.cluster.durable_shard import DurableShard, recover
+    from nestvec.cluster._engine.collection import CollectionConfig
+    from nestvec.cluster._storage.durable_shard import DurableShard, recover
 
     cfg = CollectionConfig.create("recovery", docs.shape[1], "cosine")
     d = os.path.join(tmp, "recovery-shard")
@@ -117,7 +117,7 @@ def main() -> None:
     n_recover = 200_000 if args.quick else 1_000_000
     tmp = tempfile.mkdtemp(prefix="nestvec-bench-", dir=args.tmp)
 
-    from nestvec.cluster.server import start_ray
+    from nestvec.cluster._server.serve import start_ray
     start_ray(namespace="bench", num_cpus=2)
     print(f"ingest over gRPC: {n_ingest} x {docs.shape[1]} in batches of {args.batch}, 2 shards")
     # Rounds in rotated order after a warm-up, median per mode: the first mode of a

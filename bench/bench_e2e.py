@@ -89,10 +89,10 @@ import ray  # noqa: E402
 
 import _common as C  # noqa: E402
 from nestvec.client import Client  # noqa: E402
-from nestvec.cluster.collection import CollectionConfig, plan_search  # noqa: E402
-from nestvec.cluster.coordinator import Coordinator  # noqa: E402
-from nestvec.cluster.engine import ShardEngine  # noqa: E402
-from nestvec.cluster.server import GatewayThread, start_ray  # noqa: E402
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search  # noqa: E402
+from nestvec.cluster._distributed.coordinator import Coordinator  # noqa: E402
+from nestvec.cluster._engine.shard_engine import ShardEngine  # noqa: E402
+from nestvec.cluster._server.serve import GatewayThread, start_ray  # noqa: E402
 
 
 @ray.remote(num_cpus=0)  # the same resources as ShardActor, so the same worker environment

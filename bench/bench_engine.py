@@ -74,9 +74,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
-from nestvec.cluster.collection import CollectionConfig, plan_search  # noqa: E402
-from nestvec.cluster.engine import ShardEngine, _unit_rows  # noqa: E402
-from nestvec.cluster.topk import top_columns  # noqa: E402
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search  # noqa: E402
+from nestvec.cluster._engine.shard_engine import ShardEngine, _unit_rows  # noqa: E402
+from nestvec.cluster._engine.topk import top_columns  # noqa: E402
 
 THREADS = _threads.pin_loaded(ARGS.threads)
 # STACK-NOTES: below this many queries FAISS skips BLAS (default 128000): not a fair baseline.

@@ -5,7 +5,7 @@ recall@10 against the exact full-384 ground truth:
 
 - nestvec ShardEngine, exact flat search at each nested prefix dim;
 - nestvec funnels: shortlist at 32/64/128 dims, re-rank at 384, with float32
-  shortlists and with an int8 first stage (`first_stage="int8"`, cluster/lowp.py),
+  shortlists and with an int8 first stage (`first_stage="int8"`, cluster/_engine/lowp.py),
   and three-stage funnels (64 dims -> 128 dims -> 384);
 - FAISS IndexFlatIP at each prefix dim (384 is the exact baseline);
 - hnswlib HNSW at 384 (M=16, ef_construction=200) over a range of ef;
@@ -78,8 +78,8 @@ def main() -> None:
         import hnswlib
     except ImportError:
         sys.exit("hnswlib is not installed: .venv/bin/pip install hnswlib")
-    from nestvec.cluster.collection import CollectionConfig, plan_search
-    from nestvec.cluster.engine import ShardEngine
+    from nestvec.cluster._engine.collection import CollectionConfig, plan_search
+    from nestvec.cluster._engine.shard_engine import ShardEngine
 
     corpus = C.load_corpus(a.data or C.DEFAULT_DATA, docs=20_000 if a.quick else None)
     docs, queries, gt = corpus.docs, corpus.queries, corpus.gt_ids
@@ -230,8 +230,8 @@ class E2eCluster:
         import numpy as np
 
         from nestvec.client import Client
-        from nestvec.cluster.coordinator import Coordinator
-        from nestvec.cluster.server import GatewayThread, start_ray
+        from nestvec.cluster._distributed.coordinator import Coordinator
+        from nestvec.cluster._server.serve import GatewayThread, start_ray
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         start_ray(namespace=ns, num_cpus=2)

@@ -25,11 +25,11 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from nestvec.client import Client  # noqa: E402
-from nestvec.cluster.coordinator import Coordinator  # noqa: E402
+from nestvec.cluster._distributed.coordinator import Coordinator  # noqa: E402
 from nestvec.cluster.loadtest import report, runner  # noqa: E402
 from nestvec.cluster.loadtest.generator import Connection, Plan  # noqa: E402
 from nestvec.cluster.loadtest.workload import QuerySet, Workload  # noqa: E402
-from nestvec.cluster.server import GatewayThread  # noqa: E402
+from nestvec.cluster._server.serve import GatewayThread  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "corpusA" / "embeddings.npz"

@@ -75,7 +75,7 @@ def kill_tree(pids: list[int]) -> None:
 
 
 def start_server(args, data_dir: str, port: int, log_path: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "nestvec.cluster.cli", "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--port", str(port),
            "--data-dir", data_dir, "--fsync", "always", "--shards", str(args.shards),
            "--max-concurrent", str(args.clients * 2 + 100), "--namespace", f"soak-{port}"]
     with open(log_path, "ab") as log:

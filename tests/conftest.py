@@ -37,7 +37,7 @@ def ray_cluster():
     """A real local Ray cluster (2 CPUs), started once per session."""
     import ray
 
-    from nestvec.cluster.server import start_ray
+    from nestvec.cluster._server.serve import start_ray
 
     ns = f"nestvec-test-{uuid.uuid4().hex[:8]}"
     start_ray(namespace=ns, num_cpus=2)
@@ -47,7 +47,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def coordinator(ray_cluster):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     return Coordinator(namespace=ray_cluster, create_catalog=True)
 
@@ -55,7 +55,7 @@ def coordinator(ray_cluster):
 @pytest.fixture(scope="session")
 def gateway(coordinator):
     """A real grpc.aio gateway on 127.0.0.1 (a free port), in a background thread."""
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._server.serve import GatewayThread
 
     gw = GatewayThread(coordinator, host="127.0.0.1", port=0)
     yield gw

@@ -17,15 +17,15 @@ import pytest
 import ray
 
 from nestvec.client import Client
-from nestvec.cluster import ann_shard
-from nestvec.cluster.ann_index import AnnIndex, GraphParams
-from nestvec.cluster.ann_sq import SqAnnIndex
-from nestvec.cluster.ann_shard import ShardAnn
-from nestvec.cluster.collection import (DEFAULT_EF_CONSTRUCTION, DEFAULT_INDEX_DIM, CollectionConfig,
+from nestvec.cluster._storage import ann_shard
+from nestvec.cluster._engine.ann_index import AnnIndex, GraphParams
+from nestvec.cluster._engine.ann_sq import SqAnnIndex
+from nestvec.cluster._storage.ann_shard import ShardAnn
+from nestvec.cluster._engine.collection import (DEFAULT_EF_CONSTRUCTION, DEFAULT_INDEX_DIM, CollectionConfig,
                                        plan_search)
-from nestvec.cluster.coordinator import merge_shard_results
-from nestvec.cluster.durable_shard import DurableShard
-from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster._distributed.coordinator import merge_shard_results
+from nestvec.cluster._storage.durable_shard import DurableShard
+from nestvec.cluster._engine.shard_engine import ShardEngine
 from nestvec.errors import FailedPrecondition, InvalidArgument
 from tests.oracle import assert_matches_oracle
 
@@ -451,8 +451,8 @@ def test_bad_ann_requests_get_clear_errors(client, collection_name, corpus):
 
 @pytest.fixture
 def durable(ray_cluster, tmp_path):
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.serve import GatewayThread
 
     ns = f"{ray_cluster}-ann-{uuid.uuid4().hex[:6]}"
     coord = Coordinator(namespace=ns, create_catalog=True, data_dir=str(tmp_path / "data"))

@@ -50,7 +50,7 @@ def ray_head(tmp_path):
 def _serve(address: str, port: int, log_path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nestvec.cluster.cli", "serve", "--ray-address", address,
+            [sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--ray-address", address,
              "--namespace", "attach-test", "--in-memory", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     _wait_serving(f"127.0.0.1:{port}", proc, str(log_path))

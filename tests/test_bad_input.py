@@ -19,7 +19,7 @@ import pytest
 
 from nestvec import wire
 from nestvec.client import Client
-from nestvec.cluster.collection import MAX_K
+from nestvec.cluster._engine.collection import MAX_K
 from nestvec.errors import NestvecError
 from nestvec.v1 import nestvec_pb2 as pb
 from nestvec.v1 import nestvec_pb2_grpc as pb_grpc

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from nestvec.client import AsyncClient
-from nestvec.cluster.metrics import GatewayMetrics
+from nestvec.cluster._server.metrics import GatewayMetrics
 from nestvec.errors import NestvecError
 from oracle import assert_matches_oracle
 
 
 @pytest.fixture(scope="module")
 def batched(coordinator, corpus):
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._server.serve import GatewayThread
 
     metrics = GatewayMetrics()
     gw = GatewayThread(coordinator, port=0, metrics=metrics, batch_window=0.005)
@@ -93,7 +93,7 @@ def test_batches_in_flight_survive_garbage_collection(batched, corpus, coordinat
     mid-search used to drop it and leave its callers waiting forever."""
     import gc
 
-    from nestvec.cluster.batcher import SearchBatcher
+    from nestvec.cluster._distributed.batcher import SearchBatcher
 
     _, _, name, ids, docs = batched
     queries = corpus["queries"][:128]

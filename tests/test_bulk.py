@@ -1,4 +1,4 @@
-"""Ray Data bulk ingest and batch search (cluster/bulk.py) on the session's Ray cluster.
+"""Ray Data bulk ingest and batch search (cluster/_ops/bulk.py) on the session's Ray cluster.
 
 Real Ray Data tasks upsert into real shard actors; results are checked against
 the brute-force oracle. (tests/test_multinode.py runs the same jobs with
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nestvec.cluster import bulk
+from nestvec.cluster._ops import bulk
 from nestvec.errors import InvalidArgument, NotFound
 from oracle import assert_matches_oracle
 
@@ -104,12 +104,12 @@ def test_bad_inputs_are_clear_errors(coordinator, collection_name, corpus, tmp_p
 
 
 def test_cli_parses_funnel_and_rejects_garbage():
-    from nestvec.cluster.cli import _parser
+    from nestvec.cluster._ops.cli import _parser
 
     args = _parser().parse_args(["batch-search", "q.npy", "--output", "o", "--collection", "c",
                                  "--funnel", "64:400,128:100"])
     assert args.funnel == [(64, 400), (128, 100)]
-    bad = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "batch-search", "q.npy",
+    bad = subprocess.run([sys.executable, "-m", "nestvec.cluster._ops.cli", "batch-search", "q.npy",
                           "--output", "o", "--collection", "c", "--funnel", "64x400"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "DIM:KEEP" in bad.stderr

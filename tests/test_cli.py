@@ -16,7 +16,7 @@ from nestvec.client import Client
 from proc_util import descendants, free_port, kill9
 from test_crash import _wait_serving
 
-NESTVEC = [sys.executable, "-m", "nestvec.cluster.cli"]
+NESTVEC = [sys.executable, "-m", "nestvec.cluster._ops.cli"]
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
 
 

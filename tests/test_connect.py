@@ -27,7 +27,7 @@ def connect_fn():
     try:
         from nestvec.cluster import connect
     except ImportError:
-        from nestvec.cluster.coordinator import connect
+        from nestvec.cluster._distributed.coordinator import connect
     return connect
 
 
@@ -63,7 +63,7 @@ def test_in_process_coordinator_sees_grpc_collection(ray_cluster, coordinator, c
 
 
 def test_unknown_namespace_is_unavailable(ray_cluster):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     with pytest.raises(Unavailable, match="no nestvec cluster"):
         Coordinator(namespace=ray_cluster + "-nobody-here")
@@ -76,7 +76,7 @@ JOB = textwrap.dedent("""
     try:
         from nestvec.cluster import connect
     except ImportError:
-        from nestvec.cluster.coordinator import connect
+        from nestvec.cluster._distributed.coordinator import connect
 
     ns, address, name, data = sys.argv[1:5]
     z = np.load(data)

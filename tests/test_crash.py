@@ -118,8 +118,8 @@ def shard_pid(namespace: str, actor_name: str) -> int:
 
 @pytest.fixture
 def durable_gateway(ray_cluster, tmp_path):
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.serve import GatewayThread
 
     ns = f"{ray_cluster}-durable-{uuid.uuid4().hex[:6]}"
     coord = Coordinator(namespace=ns, create_catalog=True, data_dir=str(tmp_path / "data"))
@@ -162,7 +162,7 @@ def _start_server(data_dir: str, port: int, log_path: str) -> subprocess.Popen:
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nestvec.cluster.cli", "serve", "--port", str(port),
+            [sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--port", str(port),
              "--data-dir", data_dir, "--shards", "2", "--namespace", "crash-test"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     _wait_serving(f"127.0.0.1:{port}", proc, log_path)

@@ -15,8 +15,8 @@ import tomllib
 import pytest
 import yaml
 
-from nestvec.cluster.cli import _parser
-from nestvec.cluster.placement import Placement
+from nestvec.cluster._ops.cli import _parser
+from nestvec.cluster._distributed.placement import Placement
 
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
 VERSION = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["version"]

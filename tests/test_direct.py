@@ -1,4 +1,4 @@
-"""The same-node search channel (cluster/direct.py): shards answer searches on a
+"""The same-node search channel (cluster/_distributed/direct.py): shards answer searches on a
 Unix socket; coordinators on their node use it and fall back to Ray when it fails.
 
 Real sockets, real shard actors on the session's Ray cluster, real kill -9.
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import ray
 
-from nestvec.cluster import direct
-from nestvec.cluster.collection import SearchPlan
+from nestvec.cluster._distributed import direct
+from nestvec.cluster._engine.collection import SearchPlan
 from nestvec.errors import DeadlineExceeded, InvalidArgument, NotFound
 from oracle import assert_matches_oracle
 from proc_util import kill9
@@ -158,7 +158,7 @@ def _shard_stats(coord, name):
 
 
 def test_direct_and_ray_paths_agree_and_direct_is_used(coordinator, corpus):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     name = f"direct-{uuid.uuid4().hex[:6]}"
     docs, queries = corpus["docs"][:20_000], corpus["queries"][:16]
@@ -224,7 +224,7 @@ def test_expired_deadline_is_refused_by_the_shard(coordinator):
 def test_a_restarted_shard_is_found_again(ray_cluster, tmp_path, corpus):
     """kill -9 a durable shard: the next search falls back to Ray (which waits for the
     restart), then the coordinator finds the new incarnation's socket."""
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     ns = f"{ray_cluster}-direct-{uuid.uuid4().hex[:6]}"
     coord = Coordinator(namespace=ns, create_catalog=True, data_dir=str(tmp_path / "data"))

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nestvec.cluster import datadir
-from nestvec.cluster.collection import CollectionConfig, plan_search
-from nestvec.cluster.durable_shard import DurableShard, recover
-from nestvec.cluster.wal import OP_DELETE, OP_UPSERT, WalCorruption, WalWriter, read_log
+from nestvec.cluster._storage import datadir
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search
+from nestvec.cluster._storage.durable_shard import DurableShard, recover
+from nestvec.cluster._storage.wal import OP_DELETE, OP_UPSERT, WalCorruption, WalWriter, read_log
 
 CFG = CollectionConfig.create("dur", 8, "l2", [4, 8])
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nestvec.cluster.collection import CollectionConfig, check_vectors, plan_search
-from nestvec.cluster.coordinator import merge_shard_results
-from nestvec.cluster.engine import ShardEngine
-from nestvec.cluster.routing import shard_of
+from nestvec.cluster._engine.collection import CollectionConfig, check_vectors, plan_search
+from nestvec.cluster._distributed.coordinator import merge_shard_results
+from nestvec.cluster._engine.shard_engine import ShardEngine
+from nestvec.cluster._distributed.routing import shard_of
 from nestvec.errors import InvalidArgument
 from oracle import assert_matches_oracle, brute_force
 
@@ -276,7 +276,7 @@ def test_multi_stage_funnel_prunes_to_the_candidates_answer(data, metric, first_
     # One engine runs a funnel of several stages by re-scoring only each stage's
     # survivors; it must give exactly what the coordinator's path gives (every
     # stage-1 survivor's key at every dim, then run_funnel), deletes included.
-    from nestvec.cluster.topk import run_funnel
+    from nestvec.cluster._engine.topk import run_funnel
     live = np.arange(N_DOCS) % 97 != 0
     for dup in (False, True):
         docs = data["docs"].copy()

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from nestvec.client import Client
-from nestvec.cluster import datadir
+from nestvec.cluster._storage import datadir
 from nestvec.errors import Unavailable
 from oracle import assert_matches_oracle
 from proc_util import kill9
@@ -17,7 +17,7 @@ from test_crash import actor_name, shard_pid
 
 
 def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway, corpus, monkeypatch):
-    from nestvec.cluster import funnel_rounds
+    from nestvec.cluster._engine import funnel_rounds
 
     # The session gateway keeps shards in memory: a killed shard stays down
     # (it must not come back empty), which is what this test needs.
@@ -36,7 +36,7 @@ def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway
         res = c.search(name, queries, k=10, allow_partial=True)
         assert res.missing_shards == [1]
         # The answer is exact over the shards that did answer.
-        from nestvec.cluster.routing import shard_of
+        from nestvec.cluster._distributed.routing import shard_of
         live = shard_of(ids, 3) != 1
         assert_matches_oracle(res.ids, res.scores, ids[live], docs[live], queries, "cosine", 384, 10)
         # A funnel big enough to run in rounds (coordinator._in_rounds; the dead shard
@@ -58,7 +58,7 @@ def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway
 
 
 def test_a_data_dir_in_use_is_refused(ray_cluster, tmp_path):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     d = str(tmp_path / "data")
     ns = [f"{ray_cluster}-lock-{i}-{uuid.uuid4().hex[:4]}" for i in range(2)]
@@ -75,7 +75,7 @@ def test_a_data_dir_in_use_is_refused(ray_cluster, tmp_path):
 
 
 def test_a_newer_data_dir_format_is_refused_before_anything_starts(ray_cluster, tmp_path):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     d = tmp_path / "data"
     d.mkdir()
@@ -85,7 +85,7 @@ def test_a_newer_data_dir_format_is_refused_before_anything_starts(ray_cluster, 
 
 
 def test_a_second_server_with_another_data_dir_in_the_same_namespace_is_refused(ray_cluster, tmp_path):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     ns = f"{ray_cluster}-two-{uuid.uuid4().hex[:4]}"
     Coordinator(namespace=ns, create_catalog=True)  # in memory

@@ -1,4 +1,4 @@
-"""Funnels across shards in rounds (cluster/funnel_rounds.py): the coordinator's cuts
+"""Funnels across shards in rounds (cluster/_engine/funnel_rounds.py): the coordinator's cuts
 against run_funnel, the engine's round methods, and whole searches over a real Ray
 cluster in rounds and in one fan-out against the numpy oracle."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import uuid
 import numpy as np
 import pytest
 
-from nestvec.cluster import funnel_rounds
-from nestvec.cluster.collection import CollectionConfig, SearchPlan
-from nestvec.cluster.engine import ShardEngine
-from nestvec.cluster.topk import run_funnel
+from nestvec.cluster._engine import funnel_rounds
+from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
+from nestvec.cluster._engine.shard_engine import ShardEngine
+from nestvec.cluster._engine.topk import run_funnel
 from oracle import assert_matches_oracle
 
 
@@ -94,7 +94,7 @@ def test_cluster_funnels_in_rounds_match_the_oracle(coordinator, corpus, metric)
     in one fan-out give the oracle's answer, sync and async."""
     import asyncio
 
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     docs, queries = corpus["docs"][:20_000], corpus["queries"][:20]
     ids = np.arange(docs.shape[0], dtype=np.uint64) * 3
@@ -172,7 +172,7 @@ def test_cluster_one_round_falls_back_to_rounds_exactly(coordinator, corpus, mon
     their second round; answers still equal the oracle's, sync and async."""
     import asyncio
 
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     monkeypatch.setattr(funnel_rounds, "SPEC_SIGMAS", -2.0)
     assert funnel_rounds.spec_count(200, 3) < 200 / 3  # below every shard's expected share

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nestvec.cluster import engine as engine_mod
-from nestvec.cluster import kernels
-from nestvec.cluster.collection import CollectionConfig, plan_search
-from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster._engine import shard_engine as engine_mod
+from nestvec.cluster._engine import kernels
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search
+from nestvec.cluster._engine.shard_engine import ShardEngine
 from oracle import assert_matches_oracle
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="faiss-cpu is in the test extra")

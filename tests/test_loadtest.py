@@ -295,7 +295,7 @@ def test_ramp_finds_the_highest_rate_under_the_bound():
 
 
 def test_cli_open_loop_with_writes_and_verify(gateway, loaded, tmp_path, capsys):
-    from nestvec.cluster.cli import main
+    from nestvec.cluster._ops.cli import main
     name, docs, queries, gt = loaded
     qfile = tmp_path / "q.npz"
     np.savez(qfile, queries=queries, gt_ids=gt)

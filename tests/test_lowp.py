@@ -1,4 +1,4 @@
-"""Low-precision first stages (cluster/lowp.py): float16 and int8 shortlists, exact re-rank."""
+"""Low-precision first stages (cluster/_engine/lowp.py): float16 and int8 shortlists, exact re-rank."""
 from __future__ import annotations
 
 import uuid
@@ -8,10 +8,12 @@ import pytest
 
 from nestvec.client import Client
 from nestvec.errors import InvalidArgument
-from nestvec.cluster import engine as engine_mod
-from nestvec.cluster import kernels, lowp, planner
-from nestvec.cluster.collection import CollectionConfig, plan_search
-from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster._engine import shard_engine as engine_mod
+from nestvec.cluster._engine import kernels
+from nestvec.cluster._engine import lowp
+from nestvec.cluster._engine import planner
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search
+from nestvec.cluster._engine.shard_engine import ShardEngine
 from oracle import brute_force, exact_scores
 
 N = 20_000

@@ -35,8 +35,8 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from nestvec.client import Client
-from nestvec.cluster import bulk
-from nestvec.cluster.routing import shard_of
+from nestvec.cluster._ops import bulk
+from nestvec.cluster._distributed.routing import shard_of
 from nestvec.errors import Unavailable
 from oracle import assert_matches_oracle
 from proc_util import descendants, free_port, kill9
@@ -61,7 +61,7 @@ def cluster(tmp_path_factory):
         ns, port = f"mn-{uuid.uuid4().hex[:6]}", free_port()
         with open(tmp / "serve.log", "ab") as log:
             serve = subprocess.Popen(
-                [sys.executable, "-m", "nestvec.cluster.cli", "serve", "--ray-address", nodes.address,
+                [sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--ray-address", nodes.address,
                  "--namespace", ns, "--data-dir", str(tmp / "data"), "--port", str(port),
                  "--placement", "resources:" + ",".join(RESOURCES), "--gateways", "2",
                  "--shards", str(SHARDS)],
@@ -176,7 +176,7 @@ def test_batch_search_job(cluster, data):
 
 def test_ingest_cli_reports_a_user_error_with_exit_code_2(cluster, data):
     np.save(cluster["tmp"] / "few.npy", data["docs"][:10])
-    out = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "ingest",
+    out = subprocess.run([sys.executable, "-m", "nestvec.cluster._ops.cli", "ingest",
                           str(cluster["tmp"] / "few.npy"), "--collection", "no-such-collection",
                           "--ray-address", cluster["nodes"].address, "--namespace", cluster["ns"]],
                          env=ENV, capture_output=True, text=True, timeout=300)
@@ -198,7 +198,7 @@ def test_node_loss_then_recovery_from_data_dirs(cluster, data):
         info = c.describe_collection(NAME)
         assert [s.shard for s in info.shard_info if s.down] == lost
         assert {s.health for s in info.shard_info if s.down} == {"DOWN"}
-    status = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "status", "--address",
+    status = subprocess.run([sys.executable, "-m", "nestvec.cluster._ops.cli", "status", "--address",
                              cluster["address"]], env=ENV, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     assert f"{len(lost)} shard(s) DOWN" in status.stdout and "nodes holding shards: 2" in status.stdout

@@ -1,4 +1,4 @@
-"""Batches searched on several threads (cluster/parallel.py) answer exactly as on one.
+"""Batches searched on several threads (cluster/_engine/parallel.py) answer exactly as on one.
 
 Real engines and real threads; the split thresholds are lowered so a small
 collection still splits its scans into row ranges and its re-ranks by queries.
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from nestvec.cluster import engine as engine_mod
-from nestvec.cluster import parallel
-from nestvec.cluster.collection import CollectionConfig, plan_search
-from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster._engine import shard_engine as engine_mod
+from nestvec.cluster._engine import parallel
+from nestvec.cluster._engine.collection import CollectionConfig, plan_search
+from nestvec.cluster._engine.shard_engine import ShardEngine
 from oracle import assert_matches_oracle
 
 N_DOCS = 6_000

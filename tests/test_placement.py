@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import ray
 
-from nestvec.cluster.placement import RESOURCE_SLIVER, Placement, PlacementError
+from nestvec.cluster._distributed.placement import RESOURCE_SLIVER, Placement, PlacementError
 
 
 def test_parse_and_actor_options():
@@ -40,7 +40,7 @@ def test_negative_resources_are_refused():
 
 
 def test_a_resource_no_node_has_is_refused_before_anything_starts(ray_cluster):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     with pytest.raises(PlacementError, match="no-such-node"):
         Coordinator(namespace=f"pl-{uuid.uuid4().hex[:6]}", create_catalog=True,
@@ -48,7 +48,7 @@ def test_a_resource_no_node_has_is_refused_before_anything_starts(ray_cluster):
 
 
 def test_spread_and_per_shard_resources_place_working_shards(ray_cluster, corpus):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     coord = Coordinator(namespace=f"pl-{uuid.uuid4().hex[:6]}", create_catalog=True,
                         placement=Placement.parse("spread", num_cpus=0.1, memory=64 << 20))
@@ -76,7 +76,7 @@ def test_describe_reports_node_memory_and_health(client, collection_name, corpus
 
 
 def test_status_prints_every_shard(gateway, client, collection_name, corpus, capsys):
-    from nestvec.cluster.status import print_status
+    from nestvec.cluster._ops.status import print_status
 
     client.create_collection(collection_name, 384, "cosine", shards=3)
     client.upsert(collection_name, np.arange(600), corpus["docs"][:600])

@@ -1,4 +1,4 @@
-"""Funnel planning from a target recall (cluster/planner.py), unit and over real gRPC."""
+"""Funnel planning from a target recall (cluster/_engine/planner.py), unit and over real gRPC."""
 from __future__ import annotations
 
 import uuid
@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from nestvec.client import Client
-from nestvec.cluster import planner
+from nestvec.cluster._engine import planner
 from nestvec.errors import NestvecError
 from oracle import brute_force, exact_scores
 

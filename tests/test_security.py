@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs import issue, make_ca
 from nestvec.client import AsyncClient, Client
-from nestvec.cluster.auth import CALL_ROLES, ROLES, KeyStore, new_key
-from nestvec.cluster.limits import Limits
-from nestvec.cluster.security import ExposureRefused, TlsConfig, check_exposure
+from nestvec.cluster._server.auth import CALL_ROLES, ROLES, KeyStore, new_key
+from nestvec.cluster._engine.limits import Limits
+from nestvec.cluster._server.security import ExposureRefused, TlsConfig, check_exposure
 from nestvec.errors import NestvecError
 from nestvec.v1 import nestvec_pb2 as pb
 from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
@@ -30,7 +30,7 @@ KEYS = {role: f"key-{role}-{uuid.uuid4().hex}" for role in ROLES}
 
 
 def _gateway(coordinator, **kwargs):
-    from nestvec.cluster.server import GatewayThread
+    from nestvec.cluster._server.serve import GatewayThread
     return GatewayThread(coordinator, host="127.0.0.1", port=0, **kwargs)
 
 
@@ -124,7 +124,7 @@ def test_key_file_and_keygen(tmp_path):
     store = KeyStore.load(str(tmp_path / "keys"), environ={})
     assert store.role_for(key) == "write" and store.role_for(key + "x") is None
     assert key not in (tmp_path / "keys").read_text()  # only the digest is stored
-    out = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "keygen", "--role", "read"],
+    out = subprocess.run([sys.executable, "-m", "nestvec.cluster._ops.cli", "keygen", "--role", "read"],
                          capture_output=True, text=True, timeout=60)
     lines = [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
     assert lines[0].startswith("nv_") and lines[1].startswith("read sha256:")
@@ -210,7 +210,7 @@ def test_exposure_rules():
 
 
 def test_serve_refuses_a_public_address_without_keys_or_tls():
-    out = subprocess.run([sys.executable, "-m", "nestvec.cluster.cli", "serve", "--in-memory",
+    out = subprocess.run([sys.executable, "-m", "nestvec.cluster._ops.cli", "serve", "--in-memory",
                           "--host", "0.0.0.0", "--port", str(free_port())],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
@@ -219,7 +219,7 @@ def test_serve_refuses_a_public_address_without_keys_or_tls():
 
 # ----- limits and back-pressure ------------------------------------------------------
 def test_limits_are_enforced_with_resource_exhausted(coordinator):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     limits = Limits(max_queries=4, max_vectors=5, max_ids=6, max_k=7)
     coord = Coordinator(namespace=coordinator.namespace, limits=limits)
@@ -314,7 +314,7 @@ def test_deadline_reaches_the_caller(coordinator, corpus):
 
 # ----- metrics and request ids -------------------------------------------------------
 def test_metrics_count_what_was_served(coordinator):
-    from nestvec.cluster.metrics import GatewayMetrics
+    from nestvec.cluster._server.metrics import GatewayMetrics
 
     metrics = GatewayMetrics(coordinator)
     port = metrics.serve(0)

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nestvec.cluster.ann_index import GraphParams
-from nestvec.cluster.ann_sq import SqAnnIndex
-from nestvec.cluster.shared_lock import SharedLock
+from nestvec.cluster._engine.ann_index import GraphParams
+from nestvec.cluster._engine.ann_sq import SqAnnIndex
+from nestvec.cluster._distributed.shared_lock import SharedLock
 from tests.oracle import exact_scores
 
 
@@ -101,7 +101,7 @@ def test_concurrent_graph_searches_answer_as_one_at_a_time(corpus):
 # ----- a shard, end to end ------------------------------------------------------------
 @pytest.fixture
 def sq8_collection(coordinator, corpus):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     coord = Coordinator(namespace=coordinator.namespace, shard_threads=2)  # batches walk on 2 threads
     name = f"shared-{uuid.uuid4().hex[:6]}"
@@ -173,7 +173,7 @@ def test_batched_concurrent_callers_get_what_they_get_alone(sq8_collection, corp
     """128 single-query callers through the gateway's batcher: ANN batches close at
     ann_max_rows, several run in the shard at once, and every caller gets exactly the
     answer its query gets searched alone (the walk is deterministic per query)."""
-    from nestvec.cluster.batcher import SearchBatcher
+    from nestvec.cluster._distributed.batcher import SearchBatcher
 
     coord, name, _ = sq8_collection
     queries = corpus["queries"][:256]

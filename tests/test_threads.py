@@ -10,7 +10,7 @@ import ray
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_shard_threads(ray_cluster, threads):
-    from nestvec.cluster.coordinator import Coordinator
+    from nestvec.cluster._distributed.coordinator import Coordinator
 
     ns = f"{ray_cluster}-threads-{threads}-{uuid.uuid4().hex[:4]}"
     coord = Coordinator(namespace=ns, create_catalog=True, shard_threads=threads)

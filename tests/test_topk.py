@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nestvec.cluster import topk
-from nestvec.cluster.topk import merge_topk, order, run_funnel, top_columns
+from nestvec.cluster._engine import topk
+from nestvec.cluster._engine.topk import merge_topk, order, run_funnel, top_columns
 
 
 def full_sort_columns(keys: np.ndarray, col_ids: np.ndarray, k: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`nestvec loadtest`: flags, query loading, and the run (cluster/cli.py only hooks this in)."""
+"""`nestvec loadtest`: flags, query loading, and the run (cluster/_ops/cli.py only hooks this in)."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,7 @@ Same flags as `nestvec batch-search` (see `nestvec batch-search --help` and depl
 """
 import sys
 
-from nestvec.cluster.cli import main
+from nestvec.cluster._ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["batch-search", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ Safe to re-run after a failure: upserts by id are idempotent.
 """
 import sys
 
-from nestvec.cluster.cli import main
+from nestvec.cluster._ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["ingest", *sys.argv[1:]]))

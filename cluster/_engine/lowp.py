@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nestvec.cluster import kernels
+from nestvec.cluster._engine import kernels
 
 PRECISIONS = ("float32", "float16", "int8")
 LOWP_MAX_DIM = 128        # nested dims up to this (and below the full dim) get a copy...

@@ -23,12 +23,12 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from nestvec import wire
-from nestvec.cluster import auth
-from nestvec.cluster.batcher import SearchBatcher
-from nestvec.cluster.collection import CollectionConfig
-from nestvec.cluster.coordinator import Coordinator
-from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
-from nestvec.cluster.metrics import GatewayMetrics
+from nestvec.cluster._server import auth
+from nestvec.cluster._distributed.batcher import SearchBatcher
+from nestvec.cluster._engine.collection import CollectionConfig
+from nestvec.cluster._distributed.coordinator import Coordinator
+from nestvec.cluster._engine.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster._server.metrics import GatewayMetrics
 from nestvec.errors import (InvalidArgument, NestvecError, PermissionDenied, ResourceExhausted,
                             Unauthenticated)
 from nestvec.v1 import nestvec_pb2 as pb

@@ -24,13 +24,17 @@ import time
 import numpy as np
 import ray
 
-from nestvec.cluster import ann_shard, funnel_rounds, parallel
-from nestvec.cluster.ann_shard import ShardAnn
-from nestvec.cluster.collection import CollectionConfig, IndexSpec, SearchPlan
-from nestvec.cluster.direct import DirectServer
-from nestvec.cluster.durable_shard import DurableShard
-from nestvec.cluster.shared_lock import SharedLock
-from nestvec.cluster.engine import ShardEngine
+from nestvec.cluster._storage import ann_shard
+
+from nestvec.cluster._engine import funnel_rounds
+
+from nestvec.cluster._engine import parallel
+from nestvec.cluster._storage.ann_shard import ShardAnn
+from nestvec.cluster._engine.collection import CollectionConfig, IndexSpec, SearchPlan
+from nestvec.cluster._distributed.direct import DirectServer
+from nestvec.cluster._storage.durable_shard import DurableShard
+from nestvec.cluster._distributed.shared_lock import SharedLock
+from nestvec.cluster._engine.shard_engine import ShardEngine
 from nestvec.errors import DeadlineExceeded, FailedPrecondition
 
 
@@ -271,7 +275,7 @@ def _limit_threads(n: int) -> None:
     """
     import threadpoolctl
 
-    from nestvec.cluster import kernels
+    from nestvec.cluster._engine import kernels
     threadpoolctl.threadpool_limits(n)
     kernels.set_threads(n)
     parallel.set_threads(n)  # batches then run as n parts of one BLAS thread each

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
-from nestvec.cluster.lowp import PRECISIONS
+from nestvec.cluster._engine.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster._engine.lowp import PRECISIONS
 from nestvec.errors import InvalidArgument, ResourceExhausted
 
 METRICS = ("cosine", "dot", "l2")
@@ -77,7 +77,7 @@ class IndexSpec:
         if kind not in INDEX_TYPES:
             raise InvalidArgument(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
         if kind == "hnsw_sq8":
-            from nestvec.cluster import ann_sq  # FAISS is optional: say so before a build fails
+            from nestvec.cluster._engine import ann_sq  # FAISS is optional: say so before a build fails
             if not ann_sq.available():
                 raise InvalidArgument("index type hnsw_sq8 needs FAISS on the server: "
                                       "pip install 'nestvec[fast]', or use type hnsw")

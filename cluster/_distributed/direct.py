@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from nestvec.cluster.collection import SearchPlan
+from nestvec.cluster._engine.collection import SearchPlan
 from nestvec.errors import DeadlineExceeded, Internal, NestvecError
 
 MAX_QUERY_BYTES = 16 << 20   # larger batches go through Ray (the object store shares them)

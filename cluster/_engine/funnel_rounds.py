@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster.topk import best_unordered, merge_topk
+from nestvec.cluster._engine.topk import best_unordered, merge_topk
 
 # Round codes besides the stage numbers (ShardActor.funnel_round):
 WHOLE_FUNNEL = -1   # a one-shard collection: the shard runs the whole funnel

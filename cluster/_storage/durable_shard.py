@@ -24,10 +24,10 @@ import time
 
 import numpy as np
 
-from nestvec.cluster.collection import CollectionConfig
-from nestvec.cluster.datadir import fsync_dir
-from nestvec.cluster.engine import ShardEngine
-from nestvec.cluster.wal import OP_DELETE, OP_UPSERT, WalWriter, read_log
+from nestvec.cluster._engine.collection import CollectionConfig
+from nestvec.cluster._storage.datadir import fsync_dir
+from nestvec.cluster._engine.shard_engine import ShardEngine
+from nestvec.cluster._storage.wal import OP_DELETE, OP_UPSERT, WalWriter, read_log
 
 log = logging.getLogger("nestvec.shard")
 

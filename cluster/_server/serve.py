@@ -23,14 +23,14 @@ from ray._private import ray_constants
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nestvec.cluster import datadir
-from nestvec.cluster.auth import KeyStore
-from nestvec.cluster.coordinator import DEFAULT_NAMESPACE, Coordinator
-from nestvec.cluster.gateway import add_to_server, make_servicer
-from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
-from nestvec.cluster.metrics import GatewayMetrics
-from nestvec.cluster.placement import Placement
-from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, TlsConfig, check_exposure
+from nestvec.cluster._storage import datadir
+from nestvec.cluster._server.auth import KeyStore
+from nestvec.cluster._distributed.coordinator import DEFAULT_NAMESPACE, Coordinator
+from nestvec.cluster._server.gateway import add_to_server, make_servicer
+from nestvec.cluster._engine.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster._server.metrics import GatewayMetrics
+from nestvec.cluster._distributed.placement import Placement
+from nestvec.cluster._server.security import DEFAULT_HOST, DEFAULT_PORT, TlsConfig, check_exposure
 from nestvec.v1 import nestvec_pb2
 
 log = logging.getLogger("nestvec.server")
@@ -198,7 +198,7 @@ def serve(opts: ServeOptions) -> None:
 
 def _serve_replicas(opts: ServeOptions, coordinator: Coordinator) -> None:
     """`--gateways N`: N gateway actors on this node share the port; this process waits."""
-    from nestvec.cluster import replicas
+    from nestvec.cluster._server import gateway_replicas as replicas
 
     handles, bound = replicas.start_replicas(
         opts.gateways, opts.namespace, opts.host, opts.port, opts.limits, opts.keys, opts.tls,

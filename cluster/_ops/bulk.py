@@ -171,7 +171,7 @@ def _rows(kind: str, batch, id_column: str, vector_column: str) -> tuple[np.ndar
 def _coordinator(namespace: str):
     coord = _coordinators.get(namespace)
     if coord is None:
-        from nestvec.cluster.coordinator import Coordinator
+        from nestvec.cluster._distributed.coordinator import Coordinator
         coord = _coordinators[namespace] = Coordinator(namespace=namespace)
     return coord
 
@@ -217,7 +217,7 @@ def ingest(name: str, path: str, *, namespace: str, id_column: str = "id",
            create_metric: str | None = None, create_shards: int | None = None,
            task_cpus: float = 0.5, progress: Callable[[str], None] = print) -> IngestReport:
     """Upsert every row of `path` into collection `name` (created first if `create_metric`)."""
-    from nestvec.cluster.coordinator import connect
+    from nestvec.cluster._distributed.coordinator import connect
 
     kind, files = list_inputs(path)
     coord = connect(namespace=namespace)
@@ -284,7 +284,7 @@ def batch_search(name: str, queries_path: str, output: str, *, namespace: str, k
     """Search every query row of `queries_path`; write (query_id, ids, scores) Parquet to `output`."""
     import pyarrow.parquet as pq
 
-    from nestvec.cluster.coordinator import connect
+    from nestvec.cluster._distributed.coordinator import connect
 
     kind, files = list_inputs(queries_path)
     coord = connect(namespace=namespace)

@@ -39,8 +39,8 @@ def _server(address: str | None, shards: int):
     if address:
         yield address
         return
-    from nestvec.cluster.coordinator import Coordinator
-    from nestvec.cluster.server import GatewayThread, start_ray
+    from nestvec.cluster._distributed.coordinator import Coordinator
+    from nestvec.cluster._server.serve import GatewayThread, start_ray
     import ray
 
     print("starting an embedded Ray cluster and gateway on 127.0.0.1 ...", flush=True)

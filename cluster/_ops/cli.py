@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 
-from nestvec.cluster.auth import ROLES, KeyFileError
-from nestvec.cluster.datadir import DataDirError
-from nestvec.cluster.limits import Limits
-from nestvec.cluster.security import DEFAULT_HOST, DEFAULT_PORT, ExposureRefused
-from nestvec.cluster.wal import FSYNC_POLICIES
+from nestvec.cluster._server.auth import ROLES, KeyFileError
+from nestvec.cluster._storage.datadir import DataDirError
+from nestvec.cluster._engine.limits import Limits
+from nestvec.cluster._server.security import DEFAULT_HOST, DEFAULT_PORT, ExposureRefused
+from nestvec.cluster._storage.wal import FSYNC_POLICIES
 from nestvec.errors import InvalidArgument, NestvecError
 
 DEFAULT_SHARDS = max(1, min(os.cpu_count() or 1, 8))  # one shard per core, up to 8
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_options(args):
-    from nestvec.cluster.auth import KeyStore
-    from nestvec.cluster.security import TlsConfig
-    from nestvec.cluster.placement import Placement
-    from nestvec.cluster.server import ServeOptions
+    from nestvec.cluster._server.auth import KeyStore
+    from nestvec.cluster._server.security import TlsConfig
+    from nestvec.cluster._distributed.placement import Placement
+    from nestvec.cluster._server.serve import ServeOptions
 
     if args.gateways < 1:
         raise InvalidArgument(f"--gateways must be at least 1, got {args.gateways}")
@@ -199,13 +199,13 @@ def _serve_options(args):
 
 def _run(args) -> int:
     if args.command == "serve":
-        from nestvec.cluster.server import serve
+        from nestvec.cluster._server.serve import serve
         serve(_serve_options(args))
     elif args.command == "status":
-        from nestvec.cluster.status import print_status
+        from nestvec.cluster._ops.status import print_status
         print_status(args.address, args.collection, args.api_key, args.tls_ca)
     elif args.command == "ingest":
-        from nestvec.cluster import bulk
+        from nestvec.cluster._ops import bulk
         _init_job_ray(args.namespace, args.ray_address)
         report = bulk.ingest(args.collection, args.path, namespace=args.namespace,
                              id_column=args.id_column, vector_column=args.vector_column,
@@ -214,7 +214,7 @@ def _run(args) -> int:
                              task_cpus=args.task_cpus, progress=_say)
         _say(report.line())
     elif args.command == "batch-search":
-        from nestvec.cluster import bulk
+        from nestvec.cluster._ops import bulk
         _init_job_ray(args.namespace, args.ray_address)
         report = bulk.batch_search(args.collection, args.queries, args.output,
                                    namespace=args.namespace, k=args.k, dim=args.dim or None,
@@ -223,13 +223,13 @@ def _run(args) -> int:
                                    task_cpus=args.task_cpus, progress=_say)
         _say(report.line())
     elif args.command == "demo":
-        from nestvec.cluster.demo import run
+        from nestvec.cluster._ops.demo import run
         run(address=args.address, shards=args.shards)
     elif args.command == "loadtest":
         from nestvec.cluster.loadtest.cli import run as run_loadtest
         return run_loadtest(args)
     elif args.command == "keygen":
-        from nestvec.cluster.auth import new_key
+        from nestvec.cluster._server.auth import new_key
         key, line = new_key(args.role, args.name)
         print(f"# give this key to the client (shown once; only its digest is kept):\n{key}\n"
               f"# add this line to the server's --api-keys-file:\n{line}")

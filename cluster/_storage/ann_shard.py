@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nestvec.cluster.ann_index import AnnIndex, GraphParams
-from nestvec.cluster.ann_sq import SqAnnIndex
-from nestvec.cluster.collection import IndexSpec
-from nestvec.cluster.datadir import write_json_atomic
+from nestvec.cluster._engine.ann_index import AnnIndex, GraphParams
+from nestvec.cluster._engine.ann_sq import SqAnnIndex
+from nestvec.cluster._engine.collection import IndexSpec
+from nestvec.cluster._storage.datadir import write_json_atomic
 
 log = logging.getLogger("nestvec.ann")
 

@@ -38,17 +38,19 @@ import ray
 from ray import exceptions as ray_errors
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from nestvec.cluster import collection as col
-from nestvec.cluster import datadir, funnel_rounds, planner
-from nestvec.cluster.catalog import CATALOG_ACTOR, CatalogActor
-from nestvec.cluster.collection import CollectionConfig, SearchPlan
-from nestvec.cluster.direct import MAX_QUERY_BYTES, DirectClient, DirectUnavailable
-from nestvec.cluster.limits import DEFAULT_LIMITS, Limits
-from nestvec.cluster.placement import Placement
-from nestvec.cluster.engine import SearchResult, keys_to_scores
-from nestvec.cluster.routing import split_by_shard
-from nestvec.cluster.shard_actor import ShardActor, shard_actor_name
-from nestvec.cluster.topk import merge_topk, run_funnel
+from nestvec.cluster._engine import collection as col
+from nestvec.cluster._storage import datadir
+from nestvec.cluster._engine import funnel_rounds
+from nestvec.cluster._engine import planner
+from nestvec.cluster._distributed.catalog import CATALOG_ACTOR, CatalogActor
+from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
+from nestvec.cluster._distributed.direct import MAX_QUERY_BYTES, DirectClient, DirectUnavailable
+from nestvec.cluster._engine.limits import DEFAULT_LIMITS, Limits
+from nestvec.cluster._distributed.placement import Placement
+from nestvec.cluster._engine.shard_engine import SearchResult, keys_to_scores
+from nestvec.cluster._distributed.routing import split_by_shard
+from nestvec.cluster._distributed.shard_actor import ShardActor, shard_actor_name
+from nestvec.cluster._engine.topk import merge_topk, run_funnel
 from nestvec.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument,
                             NestvecError, NotFound, Unavailable)
 

@@ -13,7 +13,7 @@ import os
 
 import ray
 
-from nestvec.cluster import datadir
+from nestvec.cluster._storage import datadir
 
 CATALOG_ACTOR = "catalog"
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster import kernels, parallel
-from nestvec.cluster.collection import CollectionConfig, SearchPlan
-from nestvec.cluster.lowp import QuantizedPrefix, has_copy, lowp_overfetch
-from nestvec.cluster.topk import order as topk_order
-from nestvec.cluster.topk import best_columns, best_unordered, run_funnel, top_columns
+from nestvec.cluster._engine import kernels
+
+from nestvec.cluster._engine import parallel
+from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
+from nestvec.cluster._engine.lowp import QuantizedPrefix, has_copy, lowp_overfetch
+from nestvec.cluster._engine.topk import order as topk_order
+from nestvec.cluster._engine.topk import best_columns, best_unordered, run_funnel, top_columns
 
 COMPACT_DEAD_FRACTION = 0.25
 # Nested dims up to this width (and below the full dim) also live in their own

@@ -28,8 +28,8 @@ import threading
 
 import numpy as np
 
-from nestvec.cluster.ann_index import GraphParams, prefix_rows
-from nestvec.cluster.kernels import with_threads
+from nestvec.cluster._engine.ann_index import GraphParams, prefix_rows
+from nestvec.cluster._engine.kernels import with_threads
 from nestvec.errors import InvalidArgument
 
 try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nestvec.cluster.coordinator import ClusterSearchResult, Coordinator
+from nestvec.cluster._distributed.coordinator import ClusterSearchResult, Coordinator
 from nestvec.errors import InvalidArgument, ResourceExhausted
 
 

@@ -16,9 +16,9 @@ import os
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from nestvec.cluster.auth import KeyStore
-from nestvec.cluster.limits import Limits
-from nestvec.cluster.security import TlsConfig
+from nestvec.cluster._server.auth import KeyStore
+from nestvec.cluster._engine.limits import Limits
+from nestvec.cluster._server.security import TlsConfig
 
 REPLICA_NAME = "gateway-{}"
 
@@ -31,9 +31,9 @@ class GatewayReplica:
         import logging
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from nestvec.cluster.coordinator import Coordinator
-        from nestvec.cluster.metrics import GatewayMetrics
-        from nestvec.cluster.server import Gateway
+        from nestvec.cluster._distributed.coordinator import Coordinator
+        from nestvec.cluster._server.metrics import GatewayMetrics
+        from nestvec.cluster._server.serve import Gateway
 
         self.coordinator = Coordinator(namespace=namespace)  # attaches to the server's catalog
         self.metrics = GatewayMetrics(self.coordinator)

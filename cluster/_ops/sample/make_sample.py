@@ -1,6 +1,6 @@
 """Cut the demo sample shipped in the package from ../shared/data/corpusA.
 
-    python cluster/sample/make_sample.py [path/to/shared/data/corpusA]
+    python cluster/_ops/sample/make_sample.py [path/to/shared/data/corpusA]
 
 Keeps 300 queries and 4,000 documents: each kept query's relevant document
 plus a seeded random fill, so the demo's example searches have a right answer

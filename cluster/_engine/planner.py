@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestvec.cluster import funnel_rounds
-from nestvec.cluster.lowp import has_copy, lowp_overfetch
+from nestvec.cluster._engine import funnel_rounds
+from nestvec.cluster._engine.lowp import has_copy, lowp_overfetch
 
 KEEP_FACTORS = (2, 5, 10, 20, 50, 100)
 STORED_MARGIN = 10.0       # see the module doc
