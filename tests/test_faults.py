@@ -39,7 +39,7 @@ def test_search_with_a_shard_down_is_unavailable_or_partial(ray_cluster, gateway
         from nestvec.cluster._distributed.routing import shard_of
         live = shard_of(ids, 3) != 1
         assert_matches_oracle(res.ids, res.scores, ids[live], docs[live], queries, "cosine", 384, 10)
-        # A funnel big enough to run in rounds (coordinator._in_rounds; the dead shard
+        # A funnel big enough to run in rounds (search_rounds.in_rounds; the dead shard
         # has no socket, so the Ray threshold applies) skips the dead shard in every
         # round, and is the exact funnel over the live ones.
         cuts = []

@@ -328,7 +328,7 @@ class ShardEngine:
             keys = np.take_along_axis(keys, best, axis=1)
         return self._row_ids[cols], keys
 
-    # ----- a funnel over several shards, in rounds (coordinator._funnel_rounds) ----------
+    # ----- a funnel over several shards, in rounds (_distributed/search_rounds.py) ----------
     def shortlist(self, queries: np.ndarray, stage: tuple[int, int],
                   rescore: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Round 1: [Q, keep] ids best at the stage's dim and their keys, in any order
