@@ -8,7 +8,7 @@ graph, and a candidate from the graph is looked up in the engine by id.
 Cosine collections store each prefix normalised at its own width and search
 with inner product (a prefix must be re-normalised before cosine); dot uses
 inner product on the raw prefix, l2 the squared distance. Distances from the
-graph only rank candidates: the shard re-scores them exactly (engine.py).
+graph only rank candidates: the shard re-scores them exactly (shard_engine.py).
 
 Why hnswlib rather than FAISS's IndexHNSWFlat (measured on corpusA prefixes,
 docs/ann.md): it takes arbitrary uint64 labels, adds and updates incrementally,
