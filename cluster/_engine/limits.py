@@ -17,7 +17,9 @@ class Limits:
     max_vectors: int = 100_000             # rows per Upsert message (UpsertStream: per message)
     max_ids: int = 100_000                 # ids per Get or Delete
     max_concurrent: int = 256              # calls in flight per gateway; beyond: RESOURCE_EXHAUSTED at once
-    max_message_bytes: int = 256 << 20     # one gRPC message, either direction
+    # One gRPC message, either direction. 64 MiB holds the SDK's 16 MiB upsert batches and a
+    # 10,000 x 384 float32 query batch (15 MiB) with room; raise it with --max-message-bytes.
+    max_message_bytes: int = 64 << 20
 
 
 DEFAULT_LIMITS = Limits()

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nestvec.cluster._storage import datadir
+from nestvec.cluster._server.admission import Admission
 from nestvec.cluster._server.auth import KeyStore
 from nestvec.cluster._distributed.coordinator import DEFAULT_NAMESPACE, Coordinator
 from nestvec.cluster._server.gateway import add_to_server, make_servicer
@@ -82,7 +83,11 @@ class Gateway:
         opts = [("grpc.max_receive_message_length", self.limits.max_message_bytes),
                 ("grpc.max_send_message_length", self.limits.max_message_bytes),
                 ("grpc.so_reuseport", int(self.reuse_port))]
-        self.server = grpc.aio.server(options=opts)
+        # Both refuse before a request body is read (admission.py): the key check on the
+        # metadata, and gRPC's own cap on calls in progress, server-wide.
+        interceptors = [Admission(self.keys, self.metrics)] if self.keys is not None and len(self.keys) else []
+        self.server = grpc.aio.server(options=opts, interceptors=interceptors,
+                                      maximum_concurrent_rpcs=self.limits.max_concurrent + _CALL_HEADROOM)
         add_to_server(make_servicer(self.coordinator, self.keys, self.limits, self.metrics,
                                     self.batch_window), self.server)
         # Health checks and reflection (the schema only) stay open without a key.
@@ -106,6 +111,11 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.server = None
+
+
+# gRPC's hard cap sits above the gateway's own limit (CallGuard, whose refusal says what
+# to do): room for health checks, reflection and calls on their way out.
+_CALL_HEADROOM = 64
 
 
 def _host_for_bind(host: str) -> str:
