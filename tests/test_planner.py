@@ -139,3 +139,20 @@ def test_bad_target_recall_requests(gateway, loaded, corpus, kwargs, word):
     with Client(gateway.address) as c, pytest.raises(NestvecError) as err:
         c.search(name, corpus["queries"][:2], k=10, **kwargs)
     assert err.value.code == "INVALID_ARGUMENT" and word in err.value.message
+
+
+def test_calibrations_kept_per_collection_are_capped(gateway, corpus, ray_cluster):
+    """A read key asking target_recall at ever new k must not grow the catalog without
+    bound: at most MAX_CALIBRATIONS curves per collection, the newest kept."""
+    from nestvec.cluster._distributed.catalog import MAX_CALIBRATIONS
+    name = f"cap-{uuid.uuid4().hex[:6]}"
+    with Client(gateway.address, timeout=120) as c:
+        c.create_collection(name, 384, "cosine", shards=1)
+        c.upsert(name, np.arange(1500), corpus["docs"][:1500])
+        asked = list(range(1, MAX_CALIBRATIONS + 3))
+        for k in asked:
+            c.search(name, corpus["queries"][:3], k=k, target_recall=0.9)
+        catalog = ray.get_actor("catalog", namespace=ray_cluster)
+        kept = ray.get(catalog.get.remote(name))["calibration"]
+        assert list(kept) == [str(k) for k in asked[-MAX_CALIBRATIONS:]]
+        c.drop_collection(name)

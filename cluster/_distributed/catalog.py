@@ -17,6 +17,9 @@ from nestvec.cluster._storage import datadir
 
 CATALOG_ACTOR = "catalog"
 
+# Calibrations kept per collection (one per k asked for with target_recall).
+MAX_CALIBRATIONS = 4
+
 
 @ray.remote(num_cpus=0)
 class CatalogActor:
@@ -54,9 +57,15 @@ class CatalogActor:
         return config
 
     def set_calibration(self, name: str, k: int, curve: dict) -> None:
-        """Keep a collection's funnel calibration at k with it (planner.py)."""
+        """Keep a collection's funnel calibration at k with it (planner.py): at most
+        MAX_CALIBRATIONS per collection, the least recently made dropped first, so a
+        read key asking for ever new k cannot grow the catalog file without bound."""
         if name in self._collections:
-            self._collections[name].setdefault("calibration", {})[str(k)] = curve
+            kept = self._collections[name].setdefault("calibration", {})
+            kept.pop(str(k), None)
+            kept[str(k)] = curve  # (re)inserted last: dicts keep insertion order
+            while len(kept) > MAX_CALIBRATIONS:
+                kept.pop(next(iter(kept)))
             self._persist()
 
     def set_index(self, name: str, index: dict) -> dict | None:
