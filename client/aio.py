@@ -7,7 +7,7 @@ from typing import AsyncIterable, Iterable
 import grpc
 
 from nestvec.client import _messages as m
-from nestvec.client._channel import auth_metadata, make_channel
+from nestvec.client._channel import auth_metadata, make_channel, warn_if_plaintext_key
 from nestvec.client.sync import DEFAULT_TIMEOUT
 from nestvec.v1 import nestvec_pb2 as pb
 from nestvec.v1 import nestvec_pb2_grpc as pb_grpc
@@ -32,6 +32,7 @@ class AsyncClient:
                  client_key: bytes | None = None, options: list | None = None):
         self.address = address
         self.timeout = timeout
+        warn_if_plaintext_key(address, api_key, tls, root_certificates, client_certificate)
         self._md = auth_metadata(api_key)
         self._channel = make_channel(address, aio=True, tls=tls, root_certificates=root_certificates,
                                      client_certificate=client_certificate, client_key=client_key,

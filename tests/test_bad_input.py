@@ -274,3 +274,21 @@ def test_reference_collection_is_usable_after_all_cases(sdk, ref):
     np.testing.assert_array_equal(sdk.get(ref.name, ids).vectors, docs[:, ::-1])
     assert sdk.upsert(ref.name, ids, docs) == 1
     ref.assert_unchanged(sdk)
+
+
+def test_a_stream_failing_midway_says_what_was_written(stub, sdk, ref):
+    """Any failure of an UpsertStream names the batches and rows already written, not only
+    bad-input ones: here the third message names a collection that does not exist."""
+    good = [pb.UpsertRequest(collection=ref.name, ids=[10_000_001 + i],
+                             vectors=wire.encode_matrix(ref.docs[i:i + 1])) for i in range(2)]
+    stray = pb.UpsertRequest(collection="no-such-collection", ids=[10_000_009],
+                             vectors=wire.encode_matrix(ref.docs[:1]))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UpsertStream(iter(good + [stray]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "batch 2 of the stream" in err.value.details()
+    assert "2 earlier batches, 2 rows, were written" in err.value.details()
+    got = sdk.get(ref.name, [10_000_001, 10_000_002])
+    assert got.missing_ids.size == 0  # what it says was written, was
+    np.testing.assert_array_equal(got.vectors, ref.docs[:2])
+    sdk.delete(ref.name, [10_000_001, 10_000_002])

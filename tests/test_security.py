@@ -369,3 +369,16 @@ def test_a_write_queued_past_its_deadline_is_not_applied(coordinator, corpus):
     finally:
         busy.join(120)
         coordinator.drop_collection(name)
+
+
+def test_sdk_warns_before_sending_a_key_over_plaintext_to_another_host():
+    import warnings
+    from nestvec.client._channel import PlaintextKeyWarning
+    with pytest.warns(PlaintextKeyWarning, match="without TLS"):
+        Client("search.example:50051", api_key="k").close()  # no connection is made
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for address in ("127.0.0.1:50051", "localhost:1", "[::1]:50051"):
+            Client(address, api_key="k").close()   # loopback: allowed, as on the server
+        Client("search.example:50051").close()    # no key: nothing to leak
+        Client("search.example:50051", api_key="k", tls=True).close()

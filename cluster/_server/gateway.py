@@ -243,7 +243,7 @@ class VectorSearchServicer:
             request.collection = collection
             try:
                 total += await self._upsert(request, context)
-            except (InvalidArgument, ResourceExhausted) as err:
+            except NestvecError as err:  # any failure says how much of the stream landed
                 raise type(err)(
                     f"batch {batches} of the stream: {err.message} ({batches} earlier batches, "
                     f"{total} rows, were written)") from None
