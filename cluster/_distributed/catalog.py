@@ -31,7 +31,8 @@ class CatalogActor:
                           "shard_threads": shard_threads, "placement": placement}
         self._collections: dict[str, dict] = {}
         if data_dir:
-            self._lock = datadir.lock_data_dir(data_dir)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+            self._lock = datadir.lock_data_dir(data_dir, check_shards=not restarted)
             path = os.path.join(data_dir, datadir.CATALOG)
             if os.path.exists(path):
                 with open(path) as f:

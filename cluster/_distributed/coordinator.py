@@ -103,7 +103,11 @@ class Coordinator:
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
-                lifetime="detached", scheduling_strategy=here).remote(
+                lifetime="detached", scheduling_strategy=here,
+                # A durable catalog restarts like the shards and takes the directory's lock
+                # again (while it is down no second server can open the directory: the
+                # shards hold their own folders). An in-memory one would come back empty.
+                max_restarts=-1 if data_dir else 0).remote(
                     data_dir, fsync, fsync_interval, shard_threads,
                     placement.to_dict() if placement else None)
         else:

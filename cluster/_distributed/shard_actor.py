@@ -32,6 +32,7 @@ from nestvec.cluster._engine import parallel
 from nestvec.cluster._storage.ann_shard import ShardAnn
 from nestvec.cluster._engine.collection import CollectionConfig, IndexSpec, SearchPlan
 from nestvec.cluster._distributed.direct import DirectServer
+from nestvec.cluster._storage import datadir
 from nestvec.cluster._storage.durable_shard import DurableShard
 from nestvec.cluster._distributed.shared_lock import SharedLock
 from nestvec.cluster._engine.shard_engine import ShardEngine
@@ -64,6 +65,8 @@ class ShardActor:
         self.config = CollectionConfig.from_dict(config)
         self.shard = shard
         self.directory = directory
+        # Held until this process dies: no second server's shard may write this folder.
+        self._dir_lock = datadir.lock_shard_dir(directory) if directory else None
         # An index added by CreateIndex after creation is recorded in the shard's folder
         # (Ray restarts this actor with its creation arguments).
         spec = ann_shard.read_spec(directory) or self.config.index

@@ -44,20 +44,68 @@ def open_data_dir(path: str) -> str:
     return path
 
 
-def lock_data_dir(path: str):
+def lock_data_dir(path: str, check_shards: bool = True):
     """Hold an exclusive lock on the data directory for the caller's lifetime.
 
     Two servers writing one directory would interleave their logs; the second
     is refused. The lock is an flock, so it goes away with the process that
     held it, however that process ends (kill -9 included).
     """
+    f = _try_lock(path)
+    if f is None:
+        raise DataDirError(f"data directory {path} is in use by another nestvec server "
+                           "(its LOCK file is held): stop that server or use another --data-dir")
+    # A new server: the shards of one whose catalog died may still be writing here.
+    # (A restarted catalog skips this: its own server's shards hold their folders.)
+    busy = [d for d in shard_dirs(path) if folder_locked(d)] if check_shards else []
+    if busy:
+        f.close()
+        raise DataDirError(f"data directory {path} is in use by another nestvec server: "
+                           f"{len(busy)} shard folder(s), e.g. {busy[0]}, are held by running shards; "
+                           "stop that server (its shards) or use another --data-dir")
+    return f
+
+
+def lock_shard_dir(path: str):
+    """A shard's exclusive lock on its own folder, held for as long as its process may
+    write (never released by hand: the kernel drops it when the process dies)."""
+    os.makedirs(path, exist_ok=True)
+    fsync_dir(os.path.dirname(path))
+    f = _try_lock(path)
+    if f is None:
+        raise DataDirError(f"shard folder {path} is held by another running shard (another "
+                           "nestvec server on the same data directory?): refusing to open it")
+    return f
+
+
+def folder_locked(path: str) -> bool:
+    """Does some process hold `path`'s LOCK? (Probes, and lets go at once.)"""
+    if not os.path.exists(os.path.join(path, LOCK)):
+        return False
+    f = _try_lock(path)
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def shard_dirs(data_dir: str) -> list[str]:
+    root = os.path.join(data_dir, "collections")
+    if not os.path.isdir(root):
+        return []
+    return sorted(os.path.join(root, c, s) for c in os.listdir(root) if os.path.isdir(os.path.join(root, c))
+                  for s in os.listdir(os.path.join(root, c)) if s.startswith("shard-"))
+
+
+def _try_lock(path: str):
+    """An open file holding an exclusive flock on `path`/LOCK, or None if another holds it.
+    An flock belongs to the open file: it goes when the holding process dies, kill -9 included."""
     f = open(os.path.join(path, LOCK), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise DataDirError(f"data directory {path} is in use by another nestvec server "
-                           "(its LOCK file is held): stop that server or use another --data-dir") from None
+        return None
     return f
 
 
