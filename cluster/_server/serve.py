@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -39,18 +41,32 @@ log = logging.getLogger("nestvec.server")
 SERVICE_NAME = nestvec_pb2.DESCRIPTOR.services_by_name["VectorSearch"].full_name
 
 
+RAY_TOKEN_FILE = "ray-auth-token"  # in the data directory: the embedded cluster's Ray token
+
+
 def start_ray(address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
-              num_cpus: int | None = None) -> None:
-    """Start an embedded single-machine Ray cluster, or attach to `address`."""
+              num_cpus: int | None = None, data_dir: str | None = None) -> None:
+    """Start an embedded single-machine Ray cluster, or attach to `address`.
+
+    The embedded cluster runs with Ray's token authentication: without it any local
+    process could join it and read, write and run code in the shards with no API key.
+    The token is made once per data directory (mode 0600; a private temporary folder
+    for --in-memory). An explicit RAY_AUTH_MODE in the environment wins (the tests
+    and CI disable it for their own clusters)."""
     if ray.is_initialized():
         return
-    # Ray 2.60 turns token auth on by default; an embedded cluster only listens
-    # locally and is owned by this process, so it runs without it.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
+    if address:  # a real cluster: its operator gives us its token, as Ray documents
         ray.init(address=address, namespace=namespace, log_to_driver=False)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = _ray_token(data_dir)
+        # Ray read its config when imported; refresh it as Ray's own token set-up does
+        # (ray._private.authentication.authentication_token_setup._enable_token_auth).
+        from ray._raylet import AuthenticationTokenLoader, Config
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
     # A one-machine cluster should talk over loopback only. Ray otherwise binds
     # and dials the host's external address; its single-node mode (the default
     # on macOS) uses 127.0.0.1. Workers inherit the variable; this process read
@@ -59,6 +75,22 @@ def start_ray(address: str | None = None, namespace: str = DEFAULT_NAMESPACE,
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     ray.init(address="local", namespace=namespace, num_cpus=num_cpus,
              include_dashboard=False, log_to_driver=False)
+
+
+def _ray_token(data_dir: str | None) -> str:
+    """The path of a 0600 file holding this cluster's Ray token, made if missing."""
+    folder = data_dir or tempfile.mkdtemp(prefix="nestvec-ray-")  # mkdtemp: mode 0700
+    path = os.path.join(folder, RAY_TOKEN_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 class Gateway:
@@ -180,7 +212,7 @@ def serve(opts: ServeOptions) -> None:
     for warning in check_exposure(opts.host, has_keys, opts.tls, opts.insecure):
         print(f"nestvec serve: warning: {warning}", file=sys.stderr, flush=True)
     data_dir = datadir.open_data_dir(opts.data_dir) if opts.data_dir else None
-    start_ray(opts.ray_address, opts.namespace)
+    start_ray(opts.ray_address, opts.namespace, data_dir=data_dir)
     coordinator = Coordinator(namespace=opts.namespace, default_shards=opts.shards,
                               create_catalog=True, data_dir=data_dir, fsync=opts.fsync,
                               fsync_interval=opts.fsync_interval, limits=opts.limits,

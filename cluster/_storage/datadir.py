@@ -37,7 +37,7 @@ def open_data_dir(path: str) -> str:
                 f"data directory {path} has format version {version}, newer than this nestvec "
                 f"understands ({FORMAT_VERSION}): upgrade nestvec, or point --data-dir elsewhere")
         return path
-    if any(name not in (MANIFEST, LOCK) for name in os.listdir(path)):
+    if any(name not in (MANIFEST, LOCK, "ray-auth-token") for name in os.listdir(path)):
         raise DataDirError(f"{path} is not empty and has no {MANIFEST}: it is not a nestvec data "
                            "directory (refusing to write into it)")
     write_json_atomic(manifest, {"format_version": FORMAT_VERSION, "software": "nestvec"})
