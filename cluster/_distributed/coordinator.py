@@ -104,9 +104,7 @@ class Coordinator:
             self._catalog = CatalogActor.options(
                 name=CATALOG_ACTOR, namespace=namespace, get_if_exists=True,
                 lifetime="detached", scheduling_strategy=here,
-                # A durable catalog restarts like the shards and takes the directory's lock
-                # again (while it is down no second server can open the directory: the
-                # shards hold their own folders). An in-memory one would come back empty.
+                # Durable: restarts and retakes the lock (datadir.py). In memory: would come back empty.
                 max_restarts=-1 if data_dir else 0).remote(
                     data_dir, fsync, fsync_interval, shard_threads,
                     placement.to_dict() if placement else None)
