@@ -89,6 +89,66 @@ def test_socket_is_private_and_token_checked(server):
     assert ids.tolist() == [[0, 1]] and keys.tolist() == [[4.0, 5.0]]
 
 
+def _vmrss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_announced_lengths_are_capped_before_anything_is_read(server):
+    """A stranger announcing a 3 GiB token frame, or a caller with the token announcing a
+    frame over MAX_FRAME_BYTES, is hung up on without the server allocating it."""
+    srv, calls = server
+    before = _vmrss()
+    for _ in range(8):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(srv.path)
+        s.sendall(struct.pack("<I", 3 << 30) + b"x" * 4096)
+        assert _hung_up(s)
+        s.close()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(srv.path)
+    s.sendall(struct.pack("<I", len(srv.token)) + srv.token + struct.pack("<I", direct.MAX_FRAME_BYTES + 1))
+    assert _hung_up(s)
+    s.close()
+    assert _vmrss() - before < 16 << 20  # this process is the server: nothing was allocated
+    assert calls == []
+    client = direct.DirectClient(srv.path, srv.token.hex())  # and it serves on
+    ids, _ = client.receive(client.send(np.ones((1, 4), np.float32), SearchPlan(2, 4), None, 10))
+    assert ids.tolist() == [[0, 1]]
+
+
+def test_connections_beyond_the_cap_are_refused(server, monkeypatch):
+    srv, _ = server
+    monkeypatch.setattr(direct, "MAX_SERVER_CONNECTIONS", 4)
+    held = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(srv.path)
+        held.append(s)
+    deadline = time.time() + 10
+    while len(srv._conns) < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    extra = socket.socket(socket.AF_UNIX)
+    extra.connect(srv.path)
+    assert _hung_up(extra)  # closed at once, unread
+    for s in held:
+        s.close()
+    deadline = time.time() + 10
+    while srv._conns and time.time() < deadline:
+        time.sleep(0.01)
+    client = direct.DirectClient(srv.path, srv.token.hex())
+    ids, _ = client.receive(client.send(np.ones((1, 4), np.float32), SearchPlan(2, 4), None, 10))
+    assert ids.tolist() == [[0, 1]]
+
+
 def test_errors_reach_the_caller_and_the_channel_lives_on(server):
     srv, calls = server
     client = direct.DirectClient(srv.path, srv.token.hex())

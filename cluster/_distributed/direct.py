@@ -41,6 +41,11 @@ from nestvec.errors import DeadlineExceeded, Internal, NestvecError
 
 MAX_QUERY_BYTES = 16 << 20   # larger batches go through Ray (the object store shares them)
 MAX_CONNECTIONS = 16         # per client (and event loop): more concurrent searches wait for one
+# A server reads no frame longer than this (after the token; the token frame itself may
+# be no longer than the token), and holds at most MAX_SERVER_CONNECTIONS connections:
+# a peer that announces more is hung up on before anything is allocated.
+MAX_FRAME_BYTES = 256 << 20
+MAX_SERVER_CONNECTIONS = 256
 _LEN = struct.Struct("<I")
 _DIR_PREFIX = "nestvec-shard-"
 _ERRORS = {cls.code: cls for cls in NestvecError.__subclasses__()}
@@ -179,16 +184,19 @@ class DirectServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if len(self._conns) >= MAX_SERVER_CONNECTIONS:
+                conn.close()  # the client falls back to Ray
+                continue
+            self._conns.add(conn)
             threading.Thread(target=self._serve, args=(conn,), name="nestvec-direct", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        self._conns.add(conn)
         with conn:
-            try:
-                if not hmac.compare_digest(_recv_frame(conn), self.token):
+            try:  # the token first, read into a buffer no longer than the token itself
+                if not hmac.compare_digest(bytes(_recv_frame(conn, len(self.token))), self.token):
                     return  # wrong token: say nothing, hang up
                 while True:
-                    payload = _recv_frame(conn)
+                    payload = _recv_frame(conn, MAX_FRAME_BYTES)
                     try:
                         ids, keys = self.handler(*decode_request(payload))
                         reply = encode_reply(ids, keys)
@@ -246,8 +254,11 @@ def _recv_exact(conn: socket.socket, n: int) -> bytearray:
     return buf
 
 
-def _recv_frame(conn: socket.socket) -> bytearray:
+def _recv_frame(conn: socket.socket, limit: int | None = None) -> bytearray:
+    """One length-prefixed frame; a length over `limit` ends the connection unread."""
     (n,) = _LEN.unpack(_recv_exact(conn, 4))
+    if limit is not None and n > limit:
+        raise ConnectionError(f"frame of {n} bytes announced; at most {limit} accepted")
     return _recv_exact(conn, n)
 
 
