@@ -45,6 +45,11 @@ KERNEL_MAX_DEAD = 4096
 use_kernel = kernels.available()  # module switch: tests run both paths
 split_search = True  # module switch: batches on several cores (parallel.py) when set_threads > 1
 SPLIT_MIN_ROWS = 8192  # a scan splits into row ranges of at least this many rows
+# A scan's [queries, rows] score matrix stays under this many bytes (queries go in
+# chunks): no request can make a shard allocate queries x rows at once (a 10,000-query
+# search of a 1M-row shard would need ~58 GB). Per engine: `engine.score_budget`.
+SCORE_BUDGET_BYTES = 256 << 20
+_BYTES_PER_SCORE = 8  # float32 keys plus a scan's temporaries (~5.8 bytes measured)
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
 
 
@@ -74,6 +79,7 @@ class ShardStats:
 class ShardEngine:
     def __init__(self, config: CollectionConfig, initial_capacity: int = 1024):
         self.config = config
+        self.score_budget = SCORE_BUDGET_BYTES
         self.dim = config.dim
         self.metric = config.metric
         self.nested = np.asarray(config.nested_dims, dtype=np.int64)
@@ -221,7 +227,20 @@ class ShardEngine:
     def _best_rows(self, queries: np.ndarray, k: int, dim: int, sort: bool = True
                    ) -> tuple[np.ndarray, np.ndarray]:
         """[Q, k] rows and keys of the k best live rows at `dim`, in (key desc, id asc)
-        order (any order without `sort`: a shortlist whose next stage sorts)."""
+        order (any order without `sort`: a shortlist whose next stage sorts).
+
+        A scan holds a [queries, rows] score matrix: in chunks of queries so that it
+        stays within `score_budget` bytes (each query's answer is its own, so the
+        chunks' answers concatenate to exactly the whole batch's)."""
+        step = max(1, self.score_budget // (max(self._n, 1) * _BYTES_PER_SCORE))
+        if queries.shape[0] <= step:
+            return self._best_rows_batch(queries, k, dim, sort)
+        parts = [self._best_rows_batch(queries[i:i + step], k, dim, sort)
+                 for i in range(0, queries.shape[0], step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _best_rows_batch(self, queries: np.ndarray, k: int, dim: int, sort: bool
+                         ) -> tuple[np.ndarray, np.ndarray]:
         found = self._kernel_rows(queries, k, dim)
         if found is not None:
             return found
