@@ -20,6 +20,11 @@ class Limits:
     # One gRPC message, either direction. 64 MiB holds the SDK's 16 MiB upsert batches and a
     # 10,000 x 384 float32 query batch (15 MiB) with room; raise it with --max-message-bytes.
     max_message_bytes: int = 64 << 20
+    # HTTP/2 flow-control window per call: what gRPC buffers for a call before its
+    # handler reads (or refuses) the body. Fixed, not grown by gRPC's bandwidth probe:
+    # grown windows let 100 keyless uploads park up to 364 MiB in the gateway before the
+    # key check refused them. Raise it for high-latency links (throughput ~ window / RTT).
+    stream_window_bytes: int = 64 << 10
 
 
 DEFAULT_LIMITS = Limits()

@@ -10,9 +10,14 @@ buffered. The server-wide cap on concurrent calls is gRPC's own
 """
 from __future__ import annotations
 
+import logging
+import uuid
+
 import grpc
 
 from nestvec.cluster._server import auth
+
+log = logging.getLogger("nestvec.gateway")
 
 SERVICE_PREFIX = "/nestvec.v1.VectorSearch/"
 
@@ -32,9 +37,13 @@ def key_problem(keys: auth.KeyStore, call: str, metadata) -> tuple[grpc.StatusCo
     return None
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refusal(call: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler that refuses with a request id, like every other error the gateway returns."""
+    request_id = uuid.uuid4().hex[:16]
+
     async def refuse(request_iterator, context):  # never iterates: the body stays unread
-        await context.abort(code, message)
+        log.info("request_id=%s method=%s code=%s error=%r", request_id, call, code.name, message)
+        await context.abort(code, message, trailing_metadata=(("x-request-id", request_id),))
     return grpc.stream_unary_rpc_method_handler(refuse)
 
 
@@ -53,5 +62,5 @@ class Admission(grpc.aio.ServerInterceptor):
             if problem is not None:
                 if self.metrics is not None:
                     self.metrics.observe(call, problem[0].name, 0.0)
-                return _refusal(*problem)
+                return _refusal(call, *problem)
         return await continuation(details)

@@ -114,7 +114,10 @@ class Gateway:
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.limits.max_message_bytes),
                 ("grpc.max_send_message_length", self.limits.max_message_bytes),
-                ("grpc.so_reuseport", int(self.reuse_port))]
+                ("grpc.so_reuseport", int(self.reuse_port)),
+                # A fixed window per call (limits.py): what a caller can park here unread.
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", self.limits.stream_window_bytes)]
         # Both refuse before a request body is read (admission.py): the key check on the
         # metadata, and gRPC's own cap on calls in progress, server-wide.
         interceptors = [Admission(self.keys, self.metrics)] if self.keys is not None and len(self.keys) else []
