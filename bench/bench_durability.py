@@ -81,7 +81,7 @@ def recovery_times(docs: np.ndarray, total: int, tmp: str) -> dict:
     shard.wal.close()
     del shard
     t = time.perf_counter()
-    engine, _, replayed = recover(cfg, d)
+    engine, _, replayed, _ = recover(cfg, d)
     from_log = time.perf_counter() - t
     assert len(engine) == total
     print(f"\r  recovery from the log ({log_bytes / 2**30:.2f} GiB, {replayed} records): {from_log:.1f} s")
@@ -92,7 +92,7 @@ def recovery_times(docs: np.ndarray, total: int, tmp: str) -> dict:
     shard.close(snapshot=False)
     del shard, engine
     t = time.perf_counter()
-    engine, seq, replayed = recover(cfg, d)
+    engine, seq, replayed, _ = recover(cfg, d)
     from_snapshot = time.perf_counter() - t
     assert len(engine) == total and replayed == 0
     print(f"  snapshot write: {snap_write:.1f} s; recovery from the snapshot: {from_snapshot:.1f} s")

@@ -38,8 +38,12 @@ class ShardInfo:
     node_ip: str = ""
     memory_bytes: int = 0  # the shard's vector data (allocated arrays)
     rss_bytes: int = 0     # resident memory of its worker process
-    health: str = ""       # SERVING, RECOVERED (restarted from disk) or DOWN
+    health: str = ""       # SERVING, RECOVERED (restarted from disk), WRITES_REFUSED or DOWN
     restarts: int = 0
+    write_error: str = ""     # why the shard refuses writes (its disk failed); "" while it takes them
+    write_errors: int = 0     # write or fsync errors since the shard process started
+    snapshot_error: str = ""  # the last snapshot attempt's error, if it failed
+    down_reason: str = ""     # why a DOWN shard is down, when known
 
 
 @dataclass
@@ -204,7 +208,9 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
                               capacity=s.capacity, down=s.down, wal_bytes=s.wal_bytes,
                               actor_name=s.actor_name, node_id=s.node_id, node_ip=s.node_ip,
                               memory_bytes=s.memory_bytes, rss_bytes=s.rss_bytes,
-                              health=s.health, restarts=s.restarts,
+                              health=s.health, restarts=s.restarts, write_error=s.write_error,
+                              write_errors=s.write_errors, snapshot_error=s.snapshot_error,
+                              down_reason=s.down_reason,
                               **{f: getattr(s, f) for f in wire.SHARD_INDEX_FIELDS})
                     for s in info.shard_info],
         index=({"type": info.index.type, "dim": info.index.dim, "m": info.index.m,

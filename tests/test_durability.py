@@ -26,6 +26,13 @@ def _state(engine):
     return ids, vecs
 
 
+def _drop(shard):
+    """Let go of the shard's log as a killed process would: no fsync, no snapshot."""
+    shard.wal._stop.set()
+    shard.wal.closed = True
+    os.close(shard.wal._fd)
+
+
 def _write_log(path, n_records=5, rows=10):
     rng = np.random.default_rng(1)
     w = WalWriter(path, "always")
@@ -99,8 +106,8 @@ def test_recovery_after_a_crash_keeps_every_acknowledged_write(tmp_path):
     shard.upsert(np.arange(100, dtype=np.uint64), v)
     shard.delete(np.arange(10, dtype=np.uint64))
     # No close(): as after kill -9, only the log holds the writes.
-    shard.wal._f.close()
-    engine, seq, replayed = recover(CFG, str(tmp_path / "s"))
+    _drop(shard)
+    engine, seq, replayed, _ = recover(CFG, str(tmp_path / "s"))
     assert (seq, replayed) == (0, 2)
     ids, vecs = _state(engine)
     np.testing.assert_array_equal(ids, np.arange(10, 100, dtype=np.uint64))
@@ -112,14 +119,14 @@ def test_a_torn_tail_is_truncated_so_later_writes_are_readable(tmp_path):
     shard = DurableShard(CFG, d)
     rng = np.random.default_rng(3)
     shard.upsert(np.arange(5, dtype=np.uint64), _vecs(rng, 5))
-    shard.wal._f.close()
+    _drop(shard)
     wal = os.path.join(d, "wal-00000000.log")
     with open(wal, "ab") as f:
         f.write(b"\x31\x57\x56\x4e\x00\x01")  # half a header: a crash mid-append
     shard = DurableShard(CFG, d)           # recovers, truncates the torn bytes
     shard.upsert(np.arange(5, 8, dtype=np.uint64), _vecs(rng, 3))
-    shard.wal._f.close()
-    engine, _, _ = recover(CFG, d)
+    _drop(shard)
+    engine, _, _, _ = recover(CFG, d)
     assert len(engine) == 8
 
 
@@ -142,7 +149,7 @@ def test_snapshot_then_log_and_clean_close(tmp_path):
     names = sorted(os.listdir(d))
     assert names == [f"snapshot-{shard.seq:08d}", f"wal-{shard.seq:08d}.log"]  # old ones removed
     shard.close()
-    engine, seq, replayed = recover(CFG, d)
+    engine, seq, replayed, _ = recover(CFG, d)
     assert replayed == 0  # a clean close leaves nothing to replay
     ids, vecs = _state(engine)
     assert ids.tolist() == sorted(expect)
@@ -154,9 +161,9 @@ def test_an_unfinished_snapshot_is_ignored(tmp_path):
     rng = np.random.default_rng(5)
     shard = DurableShard(CFG, d)
     shard.upsert(np.arange(20, dtype=np.uint64), _vecs(rng, 20))
-    shard.wal._f.close()
+    _drop(shard)
     os.makedirs(os.path.join(d, "snapshot-00000001.tmp"))  # crash while writing a snapshot
-    engine, seq, _ = recover(CFG, d)
+    engine, seq, _, _ = recover(CFG, d)
     assert seq == 0 and len(engine) == 20
     assert not os.path.exists(os.path.join(d, "snapshot-00000001.tmp"))
 
@@ -188,8 +195,8 @@ def test_snapshot_plus_log_equals_log_alone(tmp_path_factory, ops, seed):
             with_snaps.snapshot()
     for s in (with_snaps, log_only):
         s.wal.close()
-    a, _, _ = recover(CFG, with_snaps.dir)
-    b, seq_b, _ = recover(CFG, log_only.dir)
+    a, _, _, _ = recover(CFG, with_snaps.dir)
+    b, seq_b, _, _ = recover(CFG, log_only.dir)
     assert seq_b == 0
     for x, y in zip(_state(a), _state(b)):
         np.testing.assert_array_equal(x, y)
@@ -241,6 +248,6 @@ def test_crash_between_snapshot_rename_and_cleanup(tmp_path):
     import shutil
     shutil.copytree(os.path.join(d, "snapshot-00000001"), os.path.join(d, "snapshot-00000000"))
     open(os.path.join(d, "wal-00000000.log"), "wb").close()
-    engine, seq, replayed = recover(CFG, d)
+    engine, seq, replayed, _ = recover(CFG, d)
     assert (seq, replayed, len(engine)) == (1, 1, 15)
     assert sorted(os.listdir(d)) == ["snapshot-00000001", "wal-00000001.log"]

@@ -250,7 +250,9 @@ class ShardActor:
                **self.ann.status()}
         if self.store:
             out.update(wal_bytes=self.store.wal.bytes, snapshot_seq=self.store.seq,
-                       recovery_seconds=self.store.recovery_seconds)
+                       recovery_seconds=self.store.recovery_seconds, **self.store.health())
+            if out["write_error"]:  # its log cannot be written: reads only (wal.py)
+                out["health"] = "WRITES_REFUSED"
         return out
 
 

@@ -152,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     _status_parser(sub)
     _bulk_parsers(sub)
 
+    r = sub.add_parser("repair-wal", help="cut a corrupt write-ahead log at its first bad record, "
+                       "keeping a copy of the cut bytes (docs/durability.md); the server must be stopped")
+    r.add_argument("logs", nargs="+", metavar="WAL", help="a shard's wal-<seq>.log (from the error message)")
+
     k = sub.add_parser("keygen", help="make a new API key and the key-file line that admits it")
     k.add_argument("--role", choices=ROLES, required=True)
     k.add_argument("--name", default="", help="a label for the key-file line")
@@ -228,6 +232,14 @@ def _run(args) -> int:
     elif args.command == "loadtest":
         from nestvec.cluster.loadtest.cli import run as run_loadtest
         return run_loadtest(args)
+    elif args.command == "repair-wal":
+        from nestvec.cluster._storage import datadir
+        from nestvec.cluster._storage.wal import repair_log
+        for path in args.logs:
+            if datadir.folder_locked(os.path.dirname(os.path.abspath(path))):
+                raise DataDirError(f"{path}: its shard is running (the shard folder is locked): "
+                                   "stop the server first")
+            _say(repair_log(path).line())
     elif args.command == "keygen":
         from nestvec.cluster._server.auth import new_key
         key, line = new_key(args.role, args.name)

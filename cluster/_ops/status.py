@@ -22,12 +22,18 @@ def format_status(infos: list[CollectionInfo]) -> str:
             if s.down:
                 lines.append(f"  {s.shard:>5}  {health:<9}  {'?':<14}  {'?':<15}  {'?':>9}  {'?':>11}  "
                              f"{'?':>11}  ?")
+                if s.down_reason:
+                    lines.append(f"         why: {s.down_reason}")
                 continue
             node = s.node_id[:12]
             per_node.setdefault((node, s.node_ip), 0)
             per_node[(node, s.node_ip)] += 1
             lines.append(f"  {s.shard:>5}  {health:<9}  {node:<14}  {s.node_ip:<15}  {s.vectors:>9}  "
                          f"{_mib(s.memory_bytes):>11}  {_mib(s.rss_bytes):>11}  {s.restarts}")
+            if s.write_error:
+                lines.append(f"         writes refused: {s.write_error} ({s.write_errors} disk errors)")
+            if s.snapshot_error:
+                lines.append(f"         last snapshot failed: {s.snapshot_error}")
     if per_node:
         lines.append(f"nodes holding shards: {len(per_node)}")
         for (node, ip), n in sorted(per_node.items()):

@@ -170,14 +170,17 @@ def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> 
         info.index.CopyFrom(pb.IndexSpec(**cfg.index.to_dict()))
     for s in stats or ():
         if s.get("down"):
-            info.shard_info.add(shard=s["shard"], down=True, health="DOWN")
+            info.shard_info.add(shard=s["shard"], down=True, health="DOWN",
+                                down_reason=s.get("down_reason", ""))
             continue
         info.shard_info.add(shard=s["shard"], vectors=s["vectors"], tombstones=s["tombstones"],
                             capacity=s["capacity"], actor_name=s["actor_name"],
                             wal_bytes=s.get("wal_bytes", 0), node_id=s.get("node_id", ""),
                             node_ip=s.get("node_ip", ""), memory_bytes=s.get("memory_bytes", 0),
                             rss_bytes=s.get("rss_bytes", 0), health=s.get("health", "SERVING"),
-                            restarts=s.get("restarts", 0),
+                            restarts=s.get("restarts", 0), write_error=s.get("write_error", ""),
+                            write_errors=s.get("write_errors", 0),
+                            snapshot_error=s.get("snapshot_error", ""),
                             **{f: s[f] for f in wire.SHARD_INDEX_FIELDS if f in s})
         info.vectors += s["vectors"]
     return info

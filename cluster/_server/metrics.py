@@ -63,6 +63,12 @@ class _ShardCollector:
                                 labels=["collection", "shard"])
         restarts = GaugeMetricFamily("nestvec_shard_restarts", "times Ray restarted the shard's actor",
                                      labels=["collection", "shard"])
+        refused = GaugeMetricFamily("nestvec_shard_writes_refused",
+                                    "1 while the shard refuses writes because its log cannot be written",
+                                    labels=["collection", "shard"])
+        disk_errors = GaugeMetricFamily("nestvec_shard_disk_errors",
+                                        "write or fsync errors since the shard process started",
+                                        labels=["collection", "shard"])
         up = GaugeMetricFamily("nestvec_shard_up", "1 if the shard answered the scrape",
                                labels=["collection", "shard"])
         try:
@@ -77,6 +83,8 @@ class _ShardCollector:
                     tombstones.add_metric(labels, s["tombstones"])
                     wal.add_metric(labels, s.get("wal_bytes", 0))
                     restarts.add_metric(labels, s.get("restarts", 0))
+                    refused.add_metric(labels, 1 if s.get("write_error") else 0)
+                    disk_errors.add_metric(labels, s.get("write_errors", 0))
         except Exception as err:  # a scrape must not fail because a shard is slow
             log.warning("shard metrics unavailable: %s", err)
-        yield from (vectors, tombstones, wal, restarts, up)
+        yield from (vectors, tombstones, wal, restarts, refused, disk_errors, up)

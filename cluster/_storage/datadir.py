@@ -69,8 +69,7 @@ def lock_data_dir(path: str, check_shards: bool = True):
 def lock_shard_dir(path: str):
     """A shard's exclusive lock on its own folder, held for as long as its process may
     write (never released by hand: the kernel drops it when the process dies)."""
-    os.makedirs(path, exist_ok=True)
-    fsync_dir(os.path.dirname(path))
+    makedirs_durable(path)
     f = _try_lock(path)
     if f is None:
         raise DataDirError(f"shard folder {path} is held by another running shard (another "
@@ -136,6 +135,23 @@ def write_json_atomic(path: str, obj) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
+
+
+def makedirs_durable(path: str) -> None:
+    """os.makedirs, and fsync the parent of every folder it creates: a new folder's
+    name is only durable once its parent directory is (a crash could lose the shard's
+    folder, and the acknowledged log inside it, otherwise)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+        fsync_dir(os.path.dirname(folder))
 
 
 def fsync_dir(path: str) -> None:

@@ -8,10 +8,27 @@ Folder of one shard:
     snapshot-<seq>.tmp/ a snapshot being written (ignored and removed on recovery)
 
 A write is appended to the log (and fsync'd, under the default policy) before
-it touches the engine, so an acknowledged write is on disk. A snapshot is
-written under a temporary name, fsync'd, renamed into place, and only then
-does a new empty log start and the old log and snapshot go. Recovery loads the
-newest complete snapshot and replays its log. No Ray in here.
+it touches the engine, so an acknowledged write is on disk; a write the log
+could not take is refused (wal.py) and the engine is not touched.
+
+A snapshot, step by step (each a failpoint, failpoints.py):
+
+    snapshot.write      the live state into snapshot-<new>.tmp/, each file fsync'd
+    snapshot.open_log   a new empty wal-<new>.log, fsync'd with the folder
+    snapshot.rename     snapshot-<new>.tmp -> snapshot-<new>: now current
+    snapshot.fsync_dir  make the rename durable
+    snapshot.cleanup    only then the old log and snapshot go
+
+Writes switch to the new log only after the rename. A failure before it undoes
+the attempt (the writes keep going to the old log, which stays current); a
+failure after it keeps the new state but also the old files. Recovery loads the
+newest snapshot and replays, in order, every log from that snapshot's number
+on: a log newer than the newest snapshot (a rename that did not survive a
+crash) only holds writes made after its predecessor ended, so nothing is ever
+dropped for being "older than the snapshot" while it is still needed. A failed
+snapshot never fails the write that triggered it (that write is in the log);
+it is retried once the log has grown by another quarter of the threshold.
+No Ray in here.
 """
 from __future__ import annotations
 
@@ -25,7 +42,8 @@ import time
 import numpy as np
 
 from nestvec.cluster._engine.collection import CollectionConfig
-from nestvec.cluster._storage.datadir import fsync_dir
+from nestvec.cluster._storage import failpoints
+from nestvec.cluster._storage.datadir import fsync_dir, makedirs_durable
 from nestvec.cluster._engine.shard_engine import ShardEngine
 from nestvec.cluster._storage.wal import OP_DELETE, OP_UPSERT, WalWriter, read_log
 
@@ -45,11 +63,13 @@ class DurableShard:
         self.dir = directory
         self.fsync, self.fsync_interval = fsync, fsync_interval
         self.snapshot_bytes = snapshot_bytes
-        os.makedirs(directory, exist_ok=True)
+        makedirs_durable(directory)
         t = time.perf_counter()
-        self.engine, self.seq, replayed = recover(config, directory, ann)
+        self.engine, self.seq, replayed, self.log_seq = recover(config, directory, ann)
         self.recovery_seconds = time.perf_counter() - t
-        self.wal = WalWriter(self._wal_path(self.seq), fsync, fsync_interval)
+        self.wal = WalWriter(self._wal_path(self.log_seq), fsync, fsync_interval)
+        self.snapshot_failure: str | None = None  # the last snapshot attempt's error, if it failed
+        self._snapshot_at = snapshot_bytes         # log size that triggers the next attempt
         log.info("shard %s recovered %d vectors (snapshot %d + %d log records) in %.2fs",
                  directory, len(self.engine), self.seq, replayed, self.recovery_seconds)
 
@@ -70,34 +90,83 @@ class DurableShard:
         return n
 
     def _maybe_snapshot(self) -> None:
-        if self.wal.bytes >= self.snapshot_bytes:
+        if self.wal.bytes < self._snapshot_at:
+            return
+        try:
             self.snapshot()
+        except OSError as err:  # the write that got here is in the log: it stands
+            self._snapshot_at = self.wal.bytes + max(1, self.snapshot_bytes // 4)
+            log.error("shard %s: snapshot failed (%s); writes continue in the log, next try "
+                      "at %d log bytes", self.dir, self.snapshot_failure, self._snapshot_at)
 
     def snapshot(self) -> None:
-        """Write the live state as snapshot seq+1, then start an empty log for it."""
-        new = self.seq + 1
+        """Write the live state as the next snapshot and switch to an empty log for it
+        (the steps and what a failure at each leaves: the module doc)."""
+        new = self.log_seq + 1
         final = os.path.join(self.dir, f"snapshot-{new:08d}")
-        write_snapshot(final, self.engine, self.ann)
-        old_wal = self.wal
-        self.wal = WalWriter(self._wal_path(new), self.fsync, self.fsync_interval)
-        fsync_dir(self.dir)
+        tmp = final + ".tmp"
+        try:
+            self._snapshot_steps(new, final, tmp)
+        except OSError as err:
+            self.snapshot_failure = f"{err}"
+            raise
+        self.snapshot_failure = None
+        self._snapshot_at = self.snapshot_bytes
+
+    def _snapshot_steps(self, new: int, final: str, tmp: str) -> None:
+        try:
+            failpoints.hit("snapshot.write")
+            write_snapshot(tmp, self.engine, self.ann)
+            failpoints.hit("snapshot.open_log")
+            new_wal = WalWriter(self._wal_path(new), self.fsync, self.fsync_interval, fresh=True)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            failpoints.hit("snapshot.rename")
+            os.replace(tmp, final)
+        except OSError:  # the old snapshot and log stay current: undo the rest
+            new_wal.close()
+            _remove(new_wal.path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # From here the new snapshot is current (or, if the rename is lost in a crash,
+        # the old one plus both logs, replayed in order: the same state).
+        old_wal, old_seq, old_log_seq = self.wal, self.seq, self.log_seq
+        self.wal, self.seq, self.log_seq = new_wal, new, new
         old_wal.close()
-        old_seq, self.seq = self.seq, new
-        _remove(self._wal_path(old_seq))
-        shutil.rmtree(os.path.join(self.dir, f"snapshot-{old_seq:08d}"), ignore_errors=True)
+        failpoints.hit("snapshot.fsync_dir")
+        fsync_dir(self.dir)  # on failure the old files stay: a crash may still need them
+        try:
+            failpoints.hit("snapshot.cleanup")
+            for seq in range(old_seq, old_log_seq + 1):
+                _remove(self._wal_path(seq))
+            shutil.rmtree(os.path.join(self.dir, f"snapshot-{old_seq:08d}"), ignore_errors=True)
+        except OSError as err:  # left for the next recovery to remove
+            log.warning("shard %s: old log or snapshot not removed (%s)", self.dir, err)
+
+    def health(self) -> dict:
+        """What status and metrics show: whether the shard takes writes, and why not."""
+        return {"write_error": self.wal.failure or "", "write_errors": self.wal.failures,
+                "snapshot_error": self.snapshot_failure or ""}
 
     def close(self, snapshot: bool = True) -> None:
-        """Clean shutdown: snapshot (so the next start replays nothing) and close the log."""
-        if snapshot and self.wal.bytes > 0:
-            self.snapshot()
+        """Clean shutdown: snapshot (so the next start replays nothing) and close the log.
+        A snapshot that fails leaves the log to replay; the shutdown goes on."""
+        if snapshot and self.wal.bytes > 0 and self.wal.failure is None:
+            try:
+                self.snapshot()
+            except OSError as err:
+                log.error("shard %s: snapshot at shutdown failed (%s); the next start replays "
+                          "the log", self.dir, err)
         self.wal.close()
 
     def _wal_path(self, seq: int) -> str:
         return os.path.join(self.dir, f"wal-{seq:08d}.log")
 
 
-def write_snapshot(final: str, engine: ShardEngine, ann=None) -> None:
-    tmp = final + ".tmp"
+def write_snapshot(tmp: str, engine: ShardEngine, ann=None) -> None:
+    """The live state into folder `tmp`, every file and the folder fsync'd (not yet current)."""
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     ids, vectors = engine.live_arrays()
@@ -113,12 +182,11 @@ def write_snapshot(final: str, engine: ShardEngine, ann=None) -> None:
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(tmp)
-    os.replace(tmp, final)
-    fsync_dir(os.path.dirname(final))
 
 
-def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEngine, int, int]:
-    """(engine, snapshot seq, log records replayed) from the newest complete snapshot + its log.
+def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEngine, int, int, int]:
+    """(engine, snapshot seq, log records replayed, seq of the log to go on writing) from
+    the newest complete snapshot and every log from its number on.
 
     With `ann` (a ShardAnn), the snapshot's saved graph is loaded and the log
     replayed into it too; `ann.load_problem` says why a graph could not be used.
@@ -141,12 +209,14 @@ def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEn
             ann.load_problem = ann.load(snap, int(ids.size))
     elif ann is not None:
         ann.load_problem = "no snapshot yet"
-    replayed = 0
-    wal = os.path.join(directory, f"wal-{seq:08d}.log")
-    if os.path.exists(wal):
-        records, torn = read_log(wal)
+    replayed, log_seq = 0, seq
+    logs = sorted(int(m.group(1)) for m in map(_WAL.match, names) if m and int(m.group(1)) >= seq)
+    for n in logs:
+        wal = os.path.join(directory, f"wal-{n:08d}.log")
+        records, torn = read_log(wal)  # WalCorruption: refuse to start (names file and offset)
         _replay(engine, records, ann)
-        replayed = len(records)
+        replayed += len(records)
+        log_seq = n
         if torn:
             log.warning("%s: dropped a torn last record (%d bytes) left by a crash", wal, torn)
             _truncate(wal, os.path.getsize(wal) - torn)
@@ -155,7 +225,7 @@ def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEn
             _remove(os.path.join(directory, m.group(0)))
     for old in snaps[:-1]:  # a crash between renaming a snapshot in and removing its predecessor
         shutil.rmtree(os.path.join(directory, f"snapshot-{old:08d}"), ignore_errors=True)
-    return engine, seq, replayed
+    return engine, seq, replayed, log_seq
 
 
 def _replay(engine: ShardEngine, records: list, ann=None) -> None:

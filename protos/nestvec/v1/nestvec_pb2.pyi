@@ -69,7 +69,7 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., nested_dims: _Optional[_Iterable[int]] = ..., shards: _Optional[int] = ..., vectors: _Optional[int] = ..., shard_info: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., first_stage: _Optional[_Union[Precision, str]] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes", "index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds", "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason", "index_fallback_queries", "node_id", "node_ip", "memory_bytes", "rss_bytes", "health", "restarts")
+    __slots__ = ("shard", "vectors", "tombstones", "capacity", "actor_name", "down", "wal_bytes", "index_state", "index_progress", "index_dim", "index_bytes", "index_build_seconds", "index_vectors", "index_deleted", "index_builds", "index_loaded", "index_reason", "index_fallback_queries", "node_id", "node_ip", "memory_bytes", "rss_bytes", "health", "restarts", "write_error", "write_errors", "snapshot_error", "down_reason")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,10 @@ class ShardInfo(_message.Message):
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DOWN_REASON_FIELD_NUMBER: _ClassVar[int]
     shard: int
     vectors: int
     tombstones: int
@@ -118,7 +122,11 @@ class ShardInfo(_message.Message):
     rss_bytes: int
     health: str
     restarts: int
-    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ..., index_state: _Optional[str] = ..., index_progress: _Optional[float] = ..., index_dim: _Optional[int] = ..., index_bytes: _Optional[int] = ..., index_build_seconds: _Optional[float] = ..., index_vectors: _Optional[int] = ..., index_deleted: _Optional[int] = ..., index_builds: _Optional[int] = ..., index_loaded: _Optional[bool] = ..., index_reason: _Optional[str] = ..., index_fallback_queries: _Optional[int] = ..., node_id: _Optional[str] = ..., node_ip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., health: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+    write_error: str
+    write_errors: int
+    snapshot_error: str
+    down_reason: str
+    def __init__(self, shard: _Optional[int] = ..., vectors: _Optional[int] = ..., tombstones: _Optional[int] = ..., capacity: _Optional[int] = ..., actor_name: _Optional[str] = ..., down: _Optional[bool] = ..., wal_bytes: _Optional[int] = ..., index_state: _Optional[str] = ..., index_progress: _Optional[float] = ..., index_dim: _Optional[int] = ..., index_bytes: _Optional[int] = ..., index_build_seconds: _Optional[float] = ..., index_vectors: _Optional[int] = ..., index_deleted: _Optional[int] = ..., index_builds: _Optional[int] = ..., index_loaded: _Optional[bool] = ..., index_reason: _Optional[str] = ..., index_fallback_queries: _Optional[int] = ..., node_id: _Optional[str] = ..., node_ip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., health: _Optional[str] = ..., restarts: _Optional[int] = ..., write_error: _Optional[str] = ..., write_errors: _Optional[int] = ..., snapshot_error: _Optional[str] = ..., down_reason: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "dim", "metric", "nested_dims", "shards", "first_stage", "index")
