@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import shutil
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ from nestvec.cluster._engine.shard_engine import SearchResult, keys_to_scores
 from nestvec.cluster._engine.topk import merge_topk, run_funnel
 from nestvec.cluster._storage import datadir
 from nestvec.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger("nestvec.coordinator")
 
 DEFAULT_NAMESPACE = "nestvec"
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
@@ -174,11 +177,14 @@ class Coordinator:
 
     @_both
     def describe_collection(self, name: str) -> Plan:
-        """(config, per-shard stats dicts; a shard that is down reports {"shard": i, "down": True})."""
+        """(config, per-shard stats dicts; a shard that is down reports {"shard": i, "down": True,
+        "down_reason": why, when known})."""
         c = yield from self._collection(name)
         yield from self._refresh_config(c)  # CreateIndex may have come through another gateway
-        stats = yield Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
-        return c.config, [s if s is not None else {"shard": i, "down": True}
+        fan = Fanout([(h.stats, ()) for h in c.shards], partial_ok=True, retry=False)
+        stats = yield fan
+        return c.config, [s if s is not None else {"shard": i, "down": True,
+                                                   "down_reason": fan.errors.get(i, "")}
                           for i, s in enumerate(stats)]
 
     @_both
@@ -214,7 +220,11 @@ class Coordinator:
             handles = named_handles(self.namespace, cfg, missing_ok=True)
             if any(h is None for h in handles):
                 handles = spawn_shards(self.namespace, self.settings, cfg, reuse=True)
-            yield Fanout([(h.ready, ()) for h in handles])
+            # A shard that cannot start (a corrupt log) stays down, named; the rest serve.
+            fan = Fanout([(h.ready, ()) for h in handles], partial_ok=True)
+            for i, up in enumerate((yield fan)):
+                if up is None:
+                    log.error("collection %r shard %d is down: %s", cfg.name, i, fan.errors.get(i))
             self._cache[cfg.name] = ShardSet(cfg, handles)
             opened.append(cfg)
         return opened

@@ -60,6 +60,8 @@ class Fanout:
     direct: list | None = None
     direct_args: list = field(default_factory=list)
     on_direct_down: Callable[[], None] | None = None
+    # partial_ok: why each call that yielded None failed (index -> message), for status.
+    errors: dict = field(default_factory=dict)
 
 
 Plan = Generator[Fanout, list, Any]
@@ -113,10 +115,25 @@ class _Deadline:
         return time.monotonic() + backoff < self.retry_end
 
 
+def _start_failed(err: BaseException) -> bool:
+    """Did the shard's constructor raise? Ray does not restart it: retrying cannot help."""
+    return isinstance(err, ray_errors.ActorDiedError) and bool(getattr(err, "actor_init_failed", False))
+
+
+def _start_error(err: BaseException) -> str:
+    """The constructor's own message: the last line of Ray's report, less the class name."""
+    lines = [ln.strip() for ln in str(getattr(err, "error_msg", "") or err).splitlines() if ln.strip()]
+    last = lines[-1] if lines else str(err)
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
+
+
 def _translate(err: BaseException) -> BaseException:
     """Ray's errors as nestvec errors; an engine's own error passes through unwrapped."""
     if isinstance(err, ray_errors.RayTaskError) and isinstance(err.cause, NestvecError):
         return err.cause
+    if _start_failed(err):
+        return Unavailable(f"a shard failed to start and stays down: {_start_error(err)}")
     if isinstance(err, ACTOR_DOWN):
         return Unavailable(f"a shard is down ({err.__class__.__name__}) and did not come back "
                            "in time; retry later")
@@ -129,10 +146,13 @@ def _settle(fan: Fanout, results: list, down: list[int], deadline: _Deadline, ba
     """After a round: True to retry the `down` calls; else fill them in or fail."""
     if not down:
         return False
-    if fan.retry and not fan.partial_ok and deadline.may_retry(backoff):
+    start_failed = any(_start_failed(results[i]) for i in down)
+    if fan.retry and not fan.partial_ok and not start_failed and deadline.may_retry(backoff):
         return True
     if fan.partial_ok:
         for i in down:
+            err = _translate(results[i])
+            fan.errors[i] = getattr(err, "message", str(err))
             results[i] = None
         return False
     raise _translate(results[down[0]])

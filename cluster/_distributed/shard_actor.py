@@ -34,9 +34,10 @@ from nestvec.cluster._engine.collection import CollectionConfig, IndexSpec, Sear
 from nestvec.cluster._distributed.direct import DirectServer
 from nestvec.cluster._storage import datadir
 from nestvec.cluster._storage.durable_shard import DurableShard
+from nestvec.cluster._storage.wal import WalCorruption
 from nestvec.cluster._distributed.shared_lock import SharedLock
 from nestvec.cluster._engine.shard_engine import ShardEngine
-from nestvec.errors import DeadlineExceeded, FailedPrecondition
+from nestvec.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 
 
 def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
@@ -50,6 +51,7 @@ def _locked(method):
     threads must not use the engine at the same time."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
+        self._check_started()
         with self._lock.exclusive():
             return method(self, *args, **kwargs)
     return run
@@ -71,8 +73,14 @@ class ShardActor:
         # (Ray restarts this actor with its creation arguments).
         spec = ann_shard.read_spec(directory) or self.config.index
         self.ann = ShardAnn(spec, self.config.metric, threads)
-        self.store = (DurableShard(self.config, directory, fsync, fsync_interval, ann=self.ann)
-                      if directory else None)
+        # A corrupt log: stay up, holding the folder, answering every call with why, so
+        # the operator sees the file and offset in errors and status (not a dead actor).
+        self.start_error: str | None = None
+        try:
+            self.store = (DurableShard(self.config, directory, fsync, fsync_interval, ann=self.ann)
+                          if directory else None)
+        except WalCorruption as err:
+            self.start_error, self.store, spec = str(err), None, None
         self.engine = self.store.engine if self.store else ShardEngine(self.config)
         if spec is not None and self.ann.graph is None:
             self.ann.start_build(self.engine, f"start: {self.ann.load_problem or 'new shard'}")
@@ -83,6 +91,11 @@ class ShardActor:
 
     def ready(self) -> bool:
         return True
+
+    def _check_started(self) -> None:
+        if self.start_error is not None:
+            raise Unavailable(f"shard {self.shard} of collection {self.config.name!r} did not start "
+                              f"and serves nothing: {self.start_error}")
 
     def pid(self) -> int:
         return os.getpid()
@@ -102,6 +115,7 @@ class ShardActor:
 
     def _direct_search(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None,
                        round_: tuple | None = None):
+        self._check_started()
         with self._count_lock:
             self.direct_searches += 1
         if round_ is None and plan.ann_candidates and self.ann.concurrent_searches():
@@ -219,11 +233,14 @@ class ShardActor:
         self.ann.wait(timeout)
         return self.ann.status()
 
-    @_locked
     def checkpoint(self) -> None:
         """Snapshot now (clean shutdown), so the next start replays no log."""
-        if self.store and self.store.wal.bytes:
-            self.store.snapshot()
+        with self._lock.exclusive():
+            if self.store and self.store.wal.bytes:  # (none if it did not start: nothing to keep)
+                try:
+                    self.store.snapshot()
+                except OSError:  # logged, and in status; the log stays for the next start
+                    pass
 
     def restarts(self) -> int:
         """How many times Ray restarted this actor (from the GCS actor table)."""
@@ -233,8 +250,13 @@ class ShardActor:
         except Exception:
             return int(bool(self.was_restarted))
 
-    @_locked
     def stats(self) -> dict:
+        if self.start_error is not None:
+            return {"shard": self.shard, "down": True, "health": "DOWN", "down_reason": self.start_error}
+        with self._lock.exclusive():
+            return self._stats()
+
+    def _stats(self) -> dict:
         s = self.engine.stats()
         ctx = ray.get_runtime_context()
         restarts = self.restarts()

@@ -58,7 +58,10 @@ class WalCorruption(Exception):
                          "the shard folder from a backup, or accept the loss of this record and "
                          f"everything after it with `nestvec repair-wal {path}` (it keeps a copy "
                          "of the bytes it cuts).")
-        self.path, self.offset = path, offset
+        self.path, self.offset, self.why = path, offset, why
+
+    def __reduce__(self):  # Ray ships a shard's start error to the caller by pickling it
+        return WalCorruption, (self.path, self.offset, self.why)
 
 
 class WalWriteError(Unavailable):
