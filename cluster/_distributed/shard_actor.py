@@ -16,6 +16,7 @@ engine; its builds run in a background thread while calls keep being served.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -32,7 +33,7 @@ from nestvec.cluster._engine import parallel
 from nestvec.cluster._storage.ann_shard import ShardAnn
 from nestvec.cluster._engine.collection import CollectionConfig, IndexSpec, SearchPlan
 from nestvec.cluster._distributed.direct import DirectServer
-from nestvec.cluster._storage import datadir
+from nestvec.cluster._storage import datadir, inflight
 from nestvec.cluster._storage.durable_shard import DurableShard
 from nestvec.cluster._storage.wal import WalCorruption
 from nestvec.cluster._distributed.shared_lock import SharedLock
@@ -44,6 +45,11 @@ def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
     """Unique per incarnation (the uid), so a re-created collection never waits for
     the old incarnation's actor names to be released."""
     return f"{cfg.name}.{cfg.uid}/shard-{shard}"
+
+
+KILLED = ("this shard's previous process died while running this same search, which was "
+          "not run again: a search that exhausts a shard's memory would kill it again. The "
+          "shard has restarted and serves other calls; if the search was not the cause, retry it")
 
 
 def _locked(method):
@@ -69,6 +75,8 @@ class ShardActor:
         self.directory = directory
         # Held until this process dies: no second server's shard may write this folder.
         self._dir_lock = datadir.lock_shard_dir(directory) if directory else None
+        # Searches running when this process dies are refused once by the next (inflight.py).
+        self.recorder = inflight.FlightRecorder(directory) if directory else None
         # An index added by CreateIndex after creation is recorded in the shard's folder
         # (Ray restarts this actor with its creation arguments).
         spec = ann_shard.read_spec(directory) or self.config.index
@@ -91,6 +99,23 @@ class ShardActor:
 
     def ready(self) -> bool:
         return True
+
+    @contextlib.contextmanager
+    def _flight(self, queries: np.ndarray, plan: SearchPlan, round_: tuple | None):
+        """Record the search while it runs; refuse the resend of one that died with the
+        previous process. `round_`: (stage, ids, counts) of a funnel round, the same
+        whether the call came over the socket or through Ray."""
+        if self.recorder is None:
+            yield
+            return
+        fp = inflight.fingerprint(queries, plan, round_)
+        if self.recorder.was_running_at_death(fp):
+            raise Unavailable(KILLED)
+        slot = self.recorder.begin(fp)
+        try:
+            yield
+        finally:
+            self.recorder.end(slot)
 
     def _check_started(self) -> None:
         if self.start_error is not None:
@@ -118,6 +143,10 @@ class ShardActor:
         self._check_started()
         with self._count_lock:
             self.direct_searches += 1
+        with self._flight(queries, plan, round_):
+            return self._direct_search_run(queries, plan, deadline, round_)
+
+    def _direct_search_run(self, queries, plan, deadline, round_):
         if round_ is None and plan.ann_candidates and self.ann.concurrent_searches():
             with self._lock.shared() as inside:
                 if self.ann.concurrent_searches():  # still (the index may have changed)
@@ -169,7 +198,8 @@ class ShardActor:
     def search_keys(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, keys), or funnel candidates with per-stage keys, for the merge."""
-        return self._search_keys(queries, plan, deadline)
+        with self._flight(queries, plan, None):
+            return self._search_keys(queries, plan, deadline)
 
     def _search_keys(self, queries: np.ndarray, plan: SearchPlan, deadline: float | None):
         _check_deadline(deadline)
@@ -194,7 +224,8 @@ class ShardActor:
         funnel_rounds.WHOLE_FUNNEL: the whole funnel here, final top-k (a collection of
         one shard); funnel_rounds.ONE_ROUND: a one-stage funnel's single round,
         `counts` = [spec]."""
-        return self._funnel_round(queries, plan, stage, ids, counts, deadline)
+        with self._flight(queries, plan, (stage, ids, counts)):
+            return self._funnel_round(queries, plan, stage, ids, counts, deadline)
 
     def _funnel_round(self, queries, plan, stage, ids, counts, deadline):
         _check_deadline(deadline)
