@@ -26,9 +26,8 @@ from test_crash import actor_name, durable_gateway, shard_pid  # noqa: F401 (fix
 ROWS, DIM, QUERIES = 60_000, 128, 6_000   # one exact search: seconds of work on one shard
 
 
-def _search_then_kill(search, ns: str, shard: str):
-    """Run `search` in a thread, kill the shard's worker once it is busy with it;
-    return (the search's outcome, the victim pid)."""
+def _start(search) -> tuple[threading.Thread, dict]:
+    """Run `search` in a thread; its outcome lands in the dict ("result" or "error")."""
     out = {}
 
     def run():
@@ -37,9 +36,16 @@ def _search_then_kill(search, ns: str, shard: str):
         except NestvecError as err:
             out["error"] = err
 
-    victim = shard_pid(ns, shard)
     t = threading.Thread(target=run)
     t.start()
+    return t, out
+
+
+def _search_then_kill(search, ns: str, shard: str):
+    """Run `search` in a thread, kill the shard's worker once it is busy with it;
+    return (the search's outcome, the victim pid)."""
+    victim = shard_pid(ns, shard)
+    t, out = _start(search)
     time.sleep(1.0)   # the search is on the shard by now (it takes several seconds)
     assert t.is_alive(), "the search finished before the kill: make it bigger"
     kill9([victim])
@@ -80,10 +86,50 @@ def test_a_search_that_killed_its_shard_is_not_resent(durable_gateway, path):  #
         assert "result" not in out, "the search was answered: it was resent to the restarted shard"
         err = out["error"]
         assert err.code == "UNAVAILABLE" and "was not run again" in err.message, err
+        assert f"shard 0 of collection {name!r}" in err.message, err
         assert _pid_once_restarted(ray.get_actor(shard, namespace=ns)) != victim
         queries = big[:5]
         res = c.search(name, queries, k=10)
         assert_matches_oracle(res.ids, res.scores, ids, docs, queries, "dot", DIM, 10)
+        got = c.get(name, ids)
+        assert got.missing_ids.size == 0
+        np.testing.assert_array_equal(got.vectors, docs)
+
+
+def test_a_search_waiting_behind_the_killer_is_answered(durable_gateway):  # noqa: F811
+    """Only what was running is refused: a search that had reached the shard over the
+    same-node socket but was still waiting for the shard's lock (it cannot have killed
+    the process) is sent again by the coordinator and answered by the restarted shard,
+    while the search that was running is refused; writes all there afterwards."""
+    ns, coord, gw = durable_gateway
+    rng = np.random.default_rng(11)
+    docs = rng.standard_normal((ROWS, DIM), dtype=np.float32)
+    ids = np.arange(ROWS, dtype=np.uint64)
+    big = rng.standard_normal((QUERIES, DIM), dtype=np.float32)
+    small = rng.standard_normal((5, DIM), dtype=np.float32)
+    name = "noresend-queued"
+    with Client(gw.address, timeout=120) as c:
+        c.create_collection(name, dim=DIM, metric="dot", shards=1)
+        assert c.upsert(name, ids, docs) == ROWS
+        shard = actor_name(gw.address, name, 0)
+        coord.search(name, small[:1], k=10, timeout=60)  # the coordinator has the shard's socket now
+        victim = shard_pid(ns, shard)
+        running, running_out = _start(lambda: coord.search(name, big, k=10, timeout=120))
+        time.sleep(0.6)   # the big search holds the shard's lock by now
+        waiting, waiting_out = _start(lambda: coord.search(name, small, k=10, timeout=120))
+        time.sleep(0.5)   # the small one is on the shard's socket, waiting for the lock
+        assert running.is_alive() and waiting.is_alive(), "a search finished before the kill"
+        kill9([victim])
+        for t in (running, waiting):
+            t.join(120)
+            assert not t.is_alive()
+        assert "result" not in running_out, "the running search was answered: it was run again"
+        err = running_out["error"]
+        assert err.code == "UNAVAILABLE" and "was not run again" in err.message, err
+        assert "error" not in waiting_out, f"the waiting search was refused: {waiting_out.get('error')}"
+        res = waiting_out["result"]
+        assert_matches_oracle(res.ids, res.scores, ids, docs, small, "dot", DIM, 10)
+        assert _pid_once_restarted(ray.get_actor(shard, namespace=ns)) != victim
         got = c.get(name, ids)
         assert got.missing_ids.size == 0
         np.testing.assert_array_equal(got.vectors, docs)

@@ -47,9 +47,10 @@ def shard_actor_name(cfg: CollectionConfig, shard: int) -> str:
     return f"{cfg.name}.{cfg.uid}/shard-{shard}"
 
 
-KILLED = ("this shard's previous process died while running this same search, which was "
-          "not run again: a search that exhausts a shard's memory would kill it again. The "
-          "shard has restarted and serves other calls; if the search was not the cause, retry it")
+KILLED = ("shard {shard} of collection {name!r}: its previous process died while running this "
+          "same search, which was not run again: a search that exhausts a shard's memory would "
+          "kill it again. The shard has restarted and serves other calls; if the search was not "
+          "the cause, retry it")
 
 
 def _locked(method):
@@ -104,13 +105,15 @@ class ShardActor:
     def _flight(self, queries: np.ndarray, plan: SearchPlan, round_: tuple | None):
         """Record the search while it runs; refuse the resend of one that died with the
         previous process. `round_`: (stage, ids, counts) of a funnel round, the same
-        whether the call came over the socket or through Ray."""
+        whether the call came over the socket or through Ray. Entered with the actor's
+        lock held, on both ways in: a search still waiting for the lock when the
+        process died cannot have killed it, and its resend is served."""
         if self.recorder is None:
             yield
             return
         fp = inflight.fingerprint(queries, plan, round_)
         if self.recorder.was_running_at_death(fp):
-            raise Unavailable(KILLED)
+            raise Unavailable(KILLED.format(shard=self.shard, name=self.config.name))
         slot = self.recorder.begin(fp)
         try:
             yield
@@ -143,18 +146,15 @@ class ShardActor:
         self._check_started()
         with self._count_lock:
             self.direct_searches += 1
-        with self._flight(queries, plan, round_):
-            return self._direct_search_run(queries, plan, deadline, round_)
-
-    def _direct_search_run(self, queries, plan, deadline, round_):
         if round_ is None and plan.ann_candidates and self.ann.concurrent_searches():
             with self._lock.shared() as inside:
                 if self.ann.concurrent_searches():  # still (the index may have changed)
                     if inside > 1:
                         with self._count_lock:
                             self.overlapped_searches += 1
-                    return self._shared_ann_search(queries, plan, deadline, alone=inside == 1)
-        with self._lock.exclusive():
+                    with self._flight(queries, plan, None):
+                        return self._shared_ann_search(queries, plan, deadline, alone=inside == 1)
+        with self._lock.exclusive(), self._flight(queries, plan, round_):
             if round_ is not None:
                 return self._funnel_round(queries, plan, *round_, deadline)
             return self._search_keys(queries, plan, deadline)
