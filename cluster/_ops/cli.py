@@ -74,6 +74,9 @@ def _serve_parser(sub) -> None:
                      help="allow a non-loopback --host without API keys or TLS")
     sec.add_argument("--metrics-port", type=int, default=None,
                      help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)")
+    s.add_argument("--http-port", type=int, default=None,
+                   help="also serve the HTTP/JSON API (docs/http.md) on --host:PORT, with the same "
+                        "keys, TLS and limits (0: any free port; default: off)")
 
     lim = s.add_argument_group("limits (see docs/security.md)")
     for f in dataclasses.fields(Limits):
@@ -185,6 +188,8 @@ def _serve_options(args):
 
     if args.gateways < 1:
         raise InvalidArgument(f"--gateways must be at least 1, got {args.gateways}")
+    if args.http_port is not None and args.gateways > 1:
+        raise InvalidArgument("--http-port needs a single gateway (--gateways 1)")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ExposureRefused("--tls-cert and --tls-key go together")
     return ServeOptions(
@@ -195,7 +200,7 @@ def _serve_options(args):
         limits=Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}),
         keys=KeyStore.load(args.api_keys_file),
         tls=TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
-        insecure=args.insecure, metrics_port=args.metrics_port,
+        insecure=args.insecure, metrics_port=args.metrics_port, http_port=args.http_port,
         batch_window=args.batch_window_ms / 1000, grace=args.grace,
         placement=Placement.parse(args.placement, args.shard_cpus, args.shard_memory),
         gateways=args.gateways)

@@ -5,7 +5,9 @@ and the tests all start the same server:
 - `start_ray`: embedded local cluster, or attach to one;
 - `Gateway`: the grpc.aio server with VectorSearch, health and reflection;
 - `GatewayThread`: a Gateway on its own event loop in a thread (tests, demo);
-- `serve`: the blocking `nestvec serve` main loop with graceful signal handling.
+- `serve`: the blocking `nestvec serve` main loop with graceful signal handling;
+  with `http_port`, the HTTP/JSON API (http_api.py) beside the gateway, in the same
+  process and event loop, transcoding to it over a private Unix socket.
 """
 from __future__ import annotations
 
@@ -99,8 +101,12 @@ class Gateway:
     def __init__(self, coordinator: Coordinator, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits = DEFAULT_LIMITS, keys: KeyStore | None = None,
                  tls: TlsConfig | None = None, metrics: GatewayMetrics | None = None,
-                 batch_window: float = 0.001, reuse_port: bool = False):
+                 batch_window: float = 0.001, reuse_port: bool = False,
+                 internal_socket: str | None = None):
         self.coordinator = coordinator
+        # Also listen, in plaintext, on this Unix socket (in a 0700 folder): the HTTP API's
+        # way in (http_api.py), through the same servicer, interceptors and limits.
+        self.internal_socket = internal_socket
         # reuse_port: gateway replicas share one port (replicas.py); a lone gateway
         # refuses a port already taken rather than silently sharing it.
         self.reuse_port = reuse_port
@@ -134,6 +140,8 @@ class Gateway:
                      else self.server.add_insecure_port(bind))
         if self.port == 0:
             raise OSError(f"could not bind {self.host}:{self.port}")
+        if self.internal_socket and not self.server.add_insecure_port(f"unix:{self.internal_socket}"):
+            raise OSError(f"could not bind unix:{self.internal_socket}")
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -197,6 +205,7 @@ class ServeOptions:
     tls: TlsConfig | None = None
     insecure: bool = False
     metrics_port: int | None = None
+    http_port: int | None = None  # the HTTP/JSON API on host:PORT (0: any free port); None: off
     batch_window: float = 0.001
     grace: float = 10.0
     placement: Placement = field(default_factory=Placement)
@@ -212,6 +221,8 @@ def serve(opts: ServeOptions) -> None:
     shard snapshots on a clean shutdown.
     """
     has_keys = opts.keys is not None and len(opts.keys) > 0
+    if opts.http_port is not None and opts.gateways > 1:
+        raise ValueError("--http-port needs a single gateway (--gateways 1)")
     for warning in check_exposure(opts.host, has_keys, opts.tls, opts.insecure):
         print(f"nestvec serve: warning: {warning}", file=sys.stderr, flush=True)
     data_dir = datadir.open_data_dir(opts.data_dir) if opts.data_dir else None
@@ -233,9 +244,13 @@ def serve(opts: ServeOptions) -> None:
     if opts.metrics_port is not None:
         bound = metrics.serve(opts.metrics_port)
         print(f"metrics on http://127.0.0.1:{bound}/metrics", flush=True)
+    http = None
+    if opts.http_port is not None:
+        from nestvec.cluster._server.http_api import HttpApi  # aiohttp only when asked for
+        http = HttpApi(opts.host, opts.http_port, opts.limits, opts.keys, opts.tls, opts.grace)
     gateway = Gateway(coordinator, opts.host, opts.port, opts.limits, opts.keys, opts.tls, metrics,
-                      opts.batch_window)
-    asyncio.run(_serve_async(gateway, opts.grace))
+                      opts.batch_window, internal_socket=http.grpc_socket if http else None)
+    asyncio.run(_serve_async(gateway, opts.grace, http))
     if data_dir:
         coordinator.checkpoint(timeout=600)
     ray.shutdown()
@@ -263,8 +278,17 @@ def _serve_replicas(opts: ServeOptions, coordinator: Coordinator) -> None:
     replicas.stop_replicas(handles, opts.grace)
 
 
-async def _serve_async(gateway: Gateway, grace: float) -> None:
+async def _serve_async(gateway: Gateway, grace: float, http=None) -> None:
     bound = await gateway.start()
+    if http is not None:
+        try:
+            http_bound = await http.start()
+        except BaseException:
+            await gateway.stop(0)
+            await http.stop()
+            raise
+        print(f"HTTP API on {http.scheme}://{_host_for_bind(gateway.host)}:{http_bound}/v1 "
+              f"(docs: /docs, spec: /openapi.json)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -277,4 +301,6 @@ async def _serve_async(gateway: Gateway, grace: float) -> None:
           "Ctrl-C or SIGTERM stops it", flush=True)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.0fs)", grace)
+    if http is not None:  # HTTP first: its in-flight requests still need the gateway
+        await http.stop()
     await gateway.stop(grace)
