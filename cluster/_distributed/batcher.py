@@ -87,11 +87,17 @@ class SearchBatcher:
         name, k, dim, funnel, partial, _, ann = key
         ann_args = dict(ann=ann[0], ef=ann[1], candidates=ann[2]) if ann else {}
         self._in_flight += 1
+        self._gauge()
         try:
             return await self.coord.asearch(name, queries, k, dim, [list(s) for s in funnel],
                                             partial, timeout=timeout, **ann_args)
         finally:
             self._in_flight -= 1
+            self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.shard_searches_in_flight.set(self._in_flight)
 
     def _flush(self, key: tuple) -> None:
         batch = self._pending.pop(key, None)
@@ -103,7 +109,9 @@ class SearchBatcher:
     async def _search_batch(self, key: tuple, members: list[_Member]) -> None:
         if self.metrics is not None:
             self.metrics.search_batches.inc()
-            self.metrics.batched_queries.inc(sum(m.queries.shape[0] for m in members))
+            rows = sum(m.queries.shape[0] for m in members)
+            self.metrics.batched_queries.inc(rows)
+            self.metrics.batch_rows.observe(rows)
         now = time.monotonic()
         ends = [m.deadline for m in members]
         timeout = None if None in ends else max(0.0, max(ends) - now)

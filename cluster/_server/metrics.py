@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger("nestvec.metrics")
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# DescribeCollection's index_state values (ann_shard.py), exported one-hot so a
+# dashboard can count shards per state and an alert can name a failed build.
+INDEX_STATES = ("none", "building", "ready", "stale", "failed")
 
 
 class GatewayMetrics:
@@ -35,6 +40,15 @@ class GatewayMetrics:
         self.batched_queries = Counter("nestvec_search_batched_queries",
                                        "query rows answered through stacked shard calls",
                                        registry=self.registry)
+        self.batch_rows = Histogram("nestvec_search_batch_rows",
+                                    "query rows per stacked shard call (batcher occupancy)",
+                                    buckets=_ROW_BUCKETS, registry=self.registry)
+        self.shard_searches_in_flight = Gauge("nestvec_search_shard_calls_in_flight",
+                                              "searches (stacked or alone) out at the shards now",
+                                              registry=self.registry)
+        # The gateway's own memory and CPU (process_resident_memory_bytes, ...); in the
+        # embedded layout this process also hosts the Ray driver.
+        ProcessCollector(registry=self.registry)
         if coordinator is not None:
             self.registry.register(_ShardCollector(coordinator))
 
@@ -69,8 +83,24 @@ class _ShardCollector:
         disk_errors = GaugeMetricFamily("nestvec_shard_disk_errors",
                                         "write or fsync errors since the shard process started",
                                         labels=["collection", "shard"])
+        snap = GaugeMetricFamily("nestvec_shard_snapshot_failing",
+                                 "1 while the shard's last snapshot attempt failed (its log keeps growing)",
+                                 labels=["collection", "shard"])
         up = GaugeMetricFamily("nestvec_shard_up", "1 if the shard answered the scrape",
                                labels=["collection", "shard"])
+        rss = GaugeMetricFamily("nestvec_shard_rss_bytes", "resident memory of the shard's process",
+                                labels=["collection", "shard"])
+        stored = GaugeMetricFamily("nestvec_shard_memory_bytes",
+                                   "bytes of vectors and ids the shard holds (its capacity, not just live rows)",
+                                   labels=["collection", "shard"])
+        index_state = GaugeMetricFamily("nestvec_shard_index_state",
+                                        "1 for the ANN index's current state (none, building, ready, stale, failed)",
+                                        labels=["collection", "shard", "state"])
+        index_progress = GaugeMetricFamily("nestvec_shard_index_progress",
+                                           "fraction of rows in the graph being built (1 when none is building)",
+                                           labels=["collection", "shard"])
+        index_bytes = GaugeMetricFamily("nestvec_shard_index_bytes", "bytes of the serving ANN graph",
+                                        labels=["collection", "shard"])
         try:
             for cfg in self.coordinator.list_collections(timeout=5):
                 _, stats = self.coordinator.describe_collection(cfg.name, timeout=5)
@@ -85,6 +115,15 @@ class _ShardCollector:
                     restarts.add_metric(labels, s.get("restarts", 0))
                     refused.add_metric(labels, 1 if s.get("write_error") else 0)
                     disk_errors.add_metric(labels, s.get("write_errors", 0))
+                    snap.add_metric(labels, 1 if s.get("snapshot_error") else 0)
+                    rss.add_metric(labels, s.get("rss_bytes", 0))
+                    stored.add_metric(labels, s.get("memory_bytes", 0))
+                    state = s.get("index_state", "none")
+                    for st in INDEX_STATES:
+                        index_state.add_metric(labels + [st], 1 if st == state else 0)
+                    index_progress.add_metric(labels, s.get("index_progress", 1.0) if state != "none" else 1.0)
+                    index_bytes.add_metric(labels, s.get("index_bytes", 0))
         except Exception as err:  # a scrape must not fail because a shard is slow
             log.warning("shard metrics unavailable: %s", err)
-        yield from (vectors, tombstones, wal, restarts, refused, disk_errors, up)
+        yield from (vectors, tombstones, wal, restarts, refused, disk_errors, snap, up, rss, stored,
+                    index_state, index_progress, index_bytes)
