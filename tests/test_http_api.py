@@ -619,3 +619,49 @@ def test_the_docs_curl_walkthrough_runs_as_written(server):
         assert run.returncode == 0, (script, run.stdout, run.stderr)
         if expected is not None:
             assert _scrub(_json_values(run.stdout)) == _scrub(_json_values(expected)), (script, run.stdout)
+
+
+def _readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```bash\nnestvec serve --http-port 8080 &")
+    return text[start + len("```bash\n"): text.index("```", start + 8)]
+
+
+def _cosine_top(docs: np.ndarray, query: np.ndarray, dim: int, k: int) -> list[int]:
+    d = docs[:, :dim] / np.linalg.norm(docs[:, :dim], axis=1, keepdims=True)
+    q = query[:dim] / np.linalg.norm(query[:dim])
+    return [int(i) + 1 for i in np.argsort(-(d @ q), kind="stable")[:k]]  # ids are 1-based rows
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_readme_curl_block_runs_as_written(server):
+    """README's "Two doors" block, with the test's server standing in for its `nestvec
+    serve` line: every call succeeds, and each search is the brute-force answer."""
+    lines = _readme_block().splitlines()
+    assert lines[0].startswith("nestvec serve --http-port 8080")
+    port = server["base"].rsplit(":", 1)[1]
+    script = "\n".join(lines[1:]).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    try:
+        run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+        created, upserted, at_prefix, funnel, planned = _json_values(run.stdout)
+        assert created["collection"]["name"] == "songs", created
+        curls = [line for line in lines if line.startswith("curl ")]
+        body = json.loads(re.search(r"-d '(.*)'$", curls[1]).group(1))
+        docs = np.asarray(body["vectors"], dtype=np.float64)
+        assert int(upserted["upserted"]) == len(docs) == 3, upserted
+        query = np.asarray(json.loads(re.search(r"-d '(.*)'$", curls[2]).group(1))["queries"][0])
+        assert at_prefix["ids"] == [_cosine_top(docs, query, 4, 2)]
+        # the funnel: shortlist 2 at dim 2, re-rank those at the full 8 dims
+        shortlist = _cosine_top(docs, query, 2, 2)
+        full = _cosine_top(docs, query, 8, 3)
+        assert funnel["ids"] == [[i for i in full if i in shortlist]]
+        assert planned["ids"] == [full[:2]]  # recall 0.95 on 3 rows: the exact answer
+        d = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+        np.testing.assert_allclose(planned["scores"][0], d[np.array(full[:2]) - 1] @ (query / np.linalg.norm(query)),
+                                   rtol=1e-5)
+    finally:
+        with Client(server["address"]) as c:
+            if "songs" in [i.name for i in c.list_collections()]:
+                c.drop_collection("songs")
