@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from nestvec import wire
+from nestvec.client import _payload
 from nestvec.errors import InvalidArgument, NestvecError, from_code
 from nestvec.v1 import nestvec_pb2 as pb
 
@@ -57,6 +58,7 @@ class CollectionInfo:
     vectors: int = 0                     # filled by describe_collection
     shard_info: list[ShardInfo] = field(default_factory=list)
     index: dict | None = None            # the ANN index spec, if any
+    payload_schema: dict[str, str] = field(default_factory=dict)  # payload field -> type
 
     @property
     def index_ready(self) -> bool:
@@ -79,6 +81,7 @@ class SearchResult:
     funnel_used: list[tuple[int, int]] = field(default_factory=list)  # with target_recall / "auto"
     calibrated_recall: float | None = None                       # with target_recall / "auto"
     ann_used: tuple[int, int] | None = None  # with target_recall: (ef, candidates) if ANN ran
+    payloads: list[list[dict]] | None = None  # with with_payload: [Q][k] dicts of field values
 
 
 @dataclass
@@ -86,6 +89,7 @@ class GetResult:
     ids: np.ndarray          # found ids, in the order asked (uint64)
     vectors: np.ndarray      # [len(ids), dim] float32
     missing_ids: np.ndarray  # ids asked for that are not stored
+    payloads: list[dict] | None = None  # with with_payload: one dict per found id
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -113,8 +117,8 @@ def as_matrix(values) -> np.ndarray:
     return arr[None, :] if arr.ndim == 1 else arr
 
 
-def create_request(name, dim, metric, nested_dims, shards, first_stage=None, index=None
-                   ) -> pb.CreateCollectionRequest:
+def create_request(name, dim, metric, nested_dims, shards, first_stage=None, index=None,
+                   payload_schema=None) -> pb.CreateCollectionRequest:
     m = wire.METRIC_TO_WIRE.get(str(metric).lower())
     if m is None:
         raise InvalidArgument(f"unknown metric {metric!r}: use one of {', '.join(wire.METRIC_TO_WIRE)}")
@@ -127,6 +131,7 @@ def create_request(name, dim, metric, nested_dims, shards, first_stage=None, ind
                                      shards=int(shards or 0), first_stage=p)
     if index is not None:
         req.index.CopyFrom(index_spec(index))
+    req.payload_schema.extend(_payload.schema_fields(payload_schema))
     return req
 
 
@@ -143,14 +148,31 @@ def index_spec(index) -> pb.IndexSpec:
 
 
 def upsert_requests(collection: str, ids, vectors, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                    dtype: str = "float32") -> Iterable[pb.UpsertRequest]:
-    """One request per slice of about `batch_bytes`."""
+                    dtype: str = "float32", payload=None) -> Iterable[pb.UpsertRequest]:
+    """One request per slice of about `batch_bytes` (payloads: _payload.py's forms)."""
     ids, vectors = as_ids(ids), as_matrix(vectors)
     row_bytes = max(1, vectors.shape[1] * (2 if dtype == "float16" else 4))
     step = max(1, batch_bytes // row_bytes)
+    columns = None if payload is None else _payload.as_columns(payload, vectors.shape[0])
     for s in range(0, max(1, vectors.shape[0]), step):
-        yield pb.UpsertRequest(collection=collection, ids=ids[s: s + step].tolist(),
+        req = pb.UpsertRequest(collection=collection, ids=ids[s: s + step].tolist(),
                                vectors=wire.encode_matrix(vectors[s: s + step], dtype))
+        if columns:
+            req.payload.extend(_payload.columns_to_wire(columns, vectors.shape[0], slice(s, s + step)))
+        yield req
+
+
+def batch_payload(batch):
+    """An upsert_stream batch's payload: (ids, vectors) has none, (ids, vectors, payload) one."""
+    return batch[2] if len(batch) > 2 else None
+
+
+def payload_columns(payload, rows: int) -> list:
+    return _payload.columns_to_wire(payload, rows)
+
+
+def filter_message(f) -> pb.Filter:
+    return _payload.filter_to_wire(f)
 
 
 def _uint32(value, what: str) -> int:
@@ -165,7 +187,8 @@ AUTO_TARGET_RECALL = 0.95  # funnel="auto"
 
 def search_request(collection, queries, k, dim, funnel, dtype="float32",
                    allow_partial=False, target_recall=None, ann=False, ef=None,
-                   candidates=None) -> pb.SearchRequest:
+                   candidates=None, filter=None, with_payload=False,
+                   payload_fields=None) -> pb.SearchRequest:
     k, dim = _uint32(k, "k"), _uint32(dim, "dim")
     if isinstance(funnel, str):
         if funnel != "auto":
@@ -181,22 +204,47 @@ def search_request(collection, queries, k, dim, funnel, dtype="float32",
         except (TypeError, ValueError):
             raise InvalidArgument(f"each funnel stage is a (dim, candidates) pair, got {stage!r}") from None
         req.funnel.add(dim=_uint32(d, "funnel dim"), candidates=_uint32(c, "funnel candidates"))
+    if filter is not None:
+        req.filter.CopyFrom(_payload.filter_to_wire(filter))
+    req.with_payload = bool(with_payload or payload_fields)
+    req.payload_fields.extend(payload_fields or ())
+    return req
+
+
+def get_request(collection, ids=None, dim=None, with_payload=False, payload_fields=None,
+                filter=None, limit=None, with_vectors=True) -> pb.GetRequest:
+    req = pb.GetRequest(collection=collection, dim=_uint32(dim, "dim"),
+                        with_payload=bool(with_payload or payload_fields),
+                        payload_fields=list(payload_fields or ()), limit=_uint32(limit, "limit"),
+                        without_vectors=not with_vectors)
+    if ids is not None:
+        req.ids.extend(as_ids(ids).tolist())
+    if filter is not None:
+        req.filter.CopyFrom(_payload.filter_to_wire(filter))
     return req
 
 
 def read_search(resp: pb.SearchResponse) -> SearchResult:
     shape = (resp.queries, resp.k)
     planned = resp.calibrated_recall > 0
+    payloads = None
+    if resp.payload:
+        flat = _payload.columns_from_wire(resp.payload, resp.queries * resp.k)
+        payloads = [flat[q * resp.k:(q + 1) * resp.k] for q in range(resp.queries)]
     return SearchResult(wire.decode_ids(resp.ids, shape), wire.decode_scores(resp.scores, shape),
                         list(resp.missing_shards),
                         [(s.dim, s.candidates) for s in resp.funnel_used],
                         float(resp.calibrated_recall) if planned else None,
-                        (resp.ann_ef, resp.ann_candidates) if resp.ann_candidates else None)
+                        (resp.ann_ef, resp.ann_candidates) if resp.ann_candidates else None,
+                        payloads)
 
 
-def read_get(resp: pb.GetResponse) -> GetResult:
-    return GetResult(np.array(resp.ids, dtype=np.uint64), wire.decode_matrix(resp.vectors),
-                     np.array(resp.missing_ids, dtype=np.uint64))
+def read_get(resp: pb.GetResponse, with_payload: bool = False) -> GetResult:
+    ids = np.array(resp.ids, dtype=np.uint64)
+    vectors = (wire.decode_matrix(resp.vectors) if resp.HasField("vectors")
+               else np.zeros((ids.size, 0), np.float32))
+    payloads = _payload.columns_from_wire(resp.payload, ids.size) if with_payload else None
+    return GetResult(ids, vectors, np.array(resp.missing_ids, dtype=np.uint64), payloads)
 
 
 def read_info(info: pb.CollectionInfo) -> CollectionInfo:
@@ -214,7 +262,8 @@ def read_info(info: pb.CollectionInfo) -> CollectionInfo:
                               **{f: getattr(s, f) for f in wire.SHARD_INDEX_FIELDS})
                     for s in info.shard_info],
         index=({"type": info.index.type, "dim": info.index.dim, "m": info.index.m,
-                "ef_construction": info.index.ef_construction} if info.HasField("index") else None))
+                "ef_construction": info.index.ef_construction} if info.HasField("index") else None),
+        payload_schema=_payload.read_schema(info.payload_schema))
 
 
 def rpc_error(err) -> NestvecError:

@@ -55,8 +55,10 @@ class AsyncClient:
     async def create_collection(self, name: str, dim: int, metric: str = "cosine",
                                 nested_dims=None, shards: int | None = None,
                                 timeout: float | None = None, *, first_stage: str = "float32",
-                                index: dict | None = None) -> m.CollectionInfo:
-        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index)
+                                index: dict | None = None,
+                          payload_schema: dict | None = None) -> m.CollectionInfo:
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index,
+                               payload_schema)
         return m.read_info((await self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md)).collection)
 
     @_wrap_errors
@@ -83,9 +85,9 @@ class AsyncClient:
 
     @_wrap_errors
     async def upsert(self, collection: str, ids, vectors, *, batch_bytes: int = m.DEFAULT_BATCH_BYTES,
-                     dtype: str = "float32", timeout: float | None = None) -> int:
+                     dtype: str = "float32", payload=None, timeout: float | None = None) -> int:
         total = 0
-        for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype):
+        for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype, payload):
             total += (await self._stub.Upsert(req, timeout=self._t(timeout), metadata=self._md)).upserted
         return total
 
@@ -94,33 +96,59 @@ class AsyncClient:
                             dtype: str = "float32", timeout: float | None = None) -> m.StreamResult:
         async def requests():
             if hasattr(batches, "__aiter__"):
-                async for ids, vectors in batches:
-                    for req in m.upsert_requests(collection, ids, vectors, dtype=dtype):
+                async for batch in batches:
+                    for req in m.upsert_requests(collection, *batch[:2], dtype=dtype, payload=m.batch_payload(batch)):
                         yield req
             else:
-                for ids, vectors in batches:
-                    for req in m.upsert_requests(collection, ids, vectors, dtype=dtype):
+                for batch in batches:
+                    for req in m.upsert_requests(collection, *batch[:2], dtype=dtype, payload=m.batch_payload(batch)):
                         yield req
         resp = await self._stub.UpsertStream(requests(), timeout=self._t(timeout), metadata=self._md)
         return m.StreamResult(resp.upserted, resp.batches)
 
     @_wrap_errors
-    async def delete(self, collection: str, ids, timeout: float | None = None) -> int:
-        req = pb.DeleteRequest(collection=collection, ids=m.as_ids(ids).tolist())
+    async def delete(self, collection: str, ids=None, timeout: float | None = None, *, filter=None) -> int:
+        """Delete by id, or every row matching `filter` (docs/filters.md); returns how many existed."""
+        req = pb.DeleteRequest(collection=collection, ids=[] if ids is None else m.as_ids(ids).tolist())
+        if filter is not None:
+            req.filter.CopyFrom(m.filter_message(filter))
         return (await self._stub.Delete(req, timeout=self._t(timeout), metadata=self._md)).deleted
 
     @_wrap_errors
-    async def get(self, collection: str, ids, dim: int | None = None,
-                  timeout: float | None = None) -> m.GetResult:
-        req = pb.GetRequest(collection=collection, ids=m.as_ids(ids).tolist(), dim=int(dim or 0))
-        return m.read_get(await self._stub.Get(req, timeout=self._t(timeout), metadata=self._md))
+    async def set_payload(self, collection: str, ids, payload, timeout: float | None = None) -> int:
+        """Change only the given payload fields of stored ids (vectors untouched; None clears
+        a field); returns how many ids were stored."""
+        ids = m.as_ids(ids)
+        req = pb.SetPayloadRequest(collection=collection, ids=ids.tolist(),
+                                   payload=m.payload_columns(payload, ids.size))
+        return (await self._stub.SetPayload(req, timeout=self._t(timeout), metadata=self._md)).updated
+
+    @_wrap_errors
+    async def count(self, collection: str, filter=None, timeout: float | None = None) -> int:
+        """Live rows matching `filter` (all of them without one)."""
+        req = pb.CountRequest(collection=collection)
+        if filter is not None:
+            req.filter.CopyFrom(m.filter_message(filter))
+        return (await self._stub.Count(req, timeout=self._t(timeout), metadata=self._md)).count
+
+    @_wrap_errors
+    async def get(self, collection: str, ids=None, dim: int | None = None,
+            timeout: float | None = None, *, with_payload: bool = False, payload_fields=None,
+            filter=None, limit: int | None = None, with_vectors: bool = True) -> m.GetResult:
+        """Stored rows by id, in the order asked; or with `filter` the `limit` (default 100)
+        smallest matching ids. `with_payload` / `payload_fields`: their payloads too."""
+        req = m.get_request(collection, ids, dim, with_payload, payload_fields, filter, limit, with_vectors)
+        return m.read_get(await self._stub.Get(req, timeout=self._t(timeout), metadata=self._md),
+                          req.with_payload)
 
     @_wrap_errors
     async def search(self, collection: str, queries, k: int = 10, dim: int | None = None,
                      funnel=None, *, allow_partial: bool = False,
                      target_recall: float | None = None, ann: bool = False,
                      ef: int | None = None, candidates: int | None = None,
-                     dtype: str = "float32", timeout: float | None = None) -> m.SearchResult:
+                     dtype: str = "float32", timeout: float | None = None, filter=None,
+                     with_payload: bool = False, payload_fields=None) -> m.SearchResult:
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
-                               target_recall, ann, ef, candidates)
+                               target_recall, ann, ef, candidates, filter, with_payload,
+                               payload_fields)
         return m.read_search(await self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

@@ -58,12 +58,14 @@ class Client:
     @_wrap_errors
     def create_collection(self, name: str, dim: int, metric: str = "cosine", nested_dims=None,
                           shards: int | None = None, timeout: float | None = None, *,
-                          first_stage: str = "float32", index: dict | None = None) -> m.CollectionInfo:
+                          first_stage: str = "float32", index: dict | None = None,
+                          payload_schema: dict | None = None) -> m.CollectionInfo:
         """`first_stage`: "float32", "float16" or "int8" copies of the leading dims for funnel
         shortlists (docs/funnel-planning.md); returned scores are exact either way.
         `index`: an ANN index built in the background, e.g. {"type": "hnsw", "dim": 64,
         "m": 16, "ef_construction": 200} (docs/ann.md)."""
-        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index)
+        req = m.create_request(name, dim, metric, nested_dims, shards, first_stage, index,
+                               payload_schema)
         return m.read_info(self._stub.CreateCollection(req, timeout=self._t(timeout), metadata=self._md).collection)
 
     @_wrap_errors
@@ -91,38 +93,65 @@ class Client:
 
     @_wrap_errors
     def upsert(self, collection: str, ids, vectors, *, batch_bytes: int = m.DEFAULT_BATCH_BYTES,
-               dtype: str = "float32", timeout: float | None = None) -> int:
-        """Insert or replace vectors; big arrays go as several requests. Returns rows written."""
+               dtype: str = "float32", payload=None, timeout: float | None = None) -> int:
+        """Insert or replace vectors; big arrays go as several requests. Returns rows written.
+        `payload`: one dict per row, or {field: [one value per row]} (docs/filters.md); an
+        upsert replaces a row's payload."""
         return sum(self._stub.Upsert(req, timeout=self._t(timeout), metadata=self._md).upserted
-                   for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype))
+                   for req in m.upsert_requests(collection, ids, vectors, batch_bytes, dtype, payload))
 
     @_wrap_errors
     def upsert_stream(self, collection: str, batches: Iterable, *, dtype: str = "float32",
                       timeout: float | None = None) -> m.StreamResult:
-        """Stream (ids, vectors) batches in one call (bulk loads); one summary at the end."""
+        """Stream (ids, vectors) or (ids, vectors, payload) batches in one call (bulk loads);
+        one summary at the end."""
         def requests():
-            for ids, vectors in batches:
-                yield from m.upsert_requests(collection, ids, vectors, dtype=dtype)
+            for batch in batches:
+                yield from m.upsert_requests(collection, *batch[:2], dtype=dtype, payload=m.batch_payload(batch))
         resp = self._stub.UpsertStream(requests(), timeout=self._t(timeout), metadata=self._md)
         return m.StreamResult(resp.upserted, resp.batches)
 
     @_wrap_errors
-    def delete(self, collection: str, ids, timeout: float | None = None) -> int:
-        req = pb.DeleteRequest(collection=collection, ids=m.as_ids(ids).tolist())
-        return self._stub.Delete(req, timeout=self._t(timeout), metadata=self._md).deleted
+    def delete(self, collection: str, ids=None, timeout: float | None = None, *, filter=None) -> int:
+        """Delete by id, or every row matching `filter` (docs/filters.md); returns how many existed."""
+        req = pb.DeleteRequest(collection=collection, ids=[] if ids is None else m.as_ids(ids).tolist())
+        if filter is not None:
+            req.filter.CopyFrom(m.filter_message(filter))
+        return (self._stub.Delete(req, timeout=self._t(timeout), metadata=self._md)).deleted
 
     @_wrap_errors
-    def get(self, collection: str, ids, dim: int | None = None,
-            timeout: float | None = None) -> m.GetResult:
-        req = pb.GetRequest(collection=collection, ids=m.as_ids(ids).tolist(), dim=int(dim or 0))
-        return m.read_get(self._stub.Get(req, timeout=self._t(timeout), metadata=self._md))
+    def set_payload(self, collection: str, ids, payload, timeout: float | None = None) -> int:
+        """Change only the given payload fields of stored ids (vectors untouched; None clears
+        a field); returns how many ids were stored."""
+        ids = m.as_ids(ids)
+        req = pb.SetPayloadRequest(collection=collection, ids=ids.tolist(),
+                                   payload=m.payload_columns(payload, ids.size))
+        return (self._stub.SetPayload(req, timeout=self._t(timeout), metadata=self._md)).updated
+
+    @_wrap_errors
+    def count(self, collection: str, filter=None, timeout: float | None = None) -> int:
+        """Live rows matching `filter` (all of them without one)."""
+        req = pb.CountRequest(collection=collection)
+        if filter is not None:
+            req.filter.CopyFrom(m.filter_message(filter))
+        return (self._stub.Count(req, timeout=self._t(timeout), metadata=self._md)).count
+
+    @_wrap_errors
+    def get(self, collection: str, ids=None, dim: int | None = None,
+            timeout: float | None = None, *, with_payload: bool = False, payload_fields=None,
+            filter=None, limit: int | None = None, with_vectors: bool = True) -> m.GetResult:
+        """Stored rows by id, in the order asked; or with `filter` the `limit` (default 100)
+        smallest matching ids. `with_payload` / `payload_fields`: their payloads too."""
+        req = m.get_request(collection, ids, dim, with_payload, payload_fields, filter, limit, with_vectors)
+        return m.read_get(self._stub.Get(req, timeout=self._t(timeout), metadata=self._md),
+                          req.with_payload)
 
     @_wrap_errors
     def search(self, collection: str, queries, k: int = 10, dim: int | None = None, funnel=None,
                *, allow_partial: bool = False, target_recall: float | None = None,
                ann: bool = False, ef: int | None = None, candidates: int | None = None,
-               dtype: str = "float32",
-               timeout: float | None = None) -> m.SearchResult:
+               dtype: str = "float32", timeout: float | None = None, filter=None,
+               with_payload: bool = False, payload_fields=None) -> m.SearchResult:
         """Top-k for each query row at prefix `dim` (None: full), optionally via a funnel.
 
         `funnel`: a list of (dim, candidates) stages, or "auto". `target_recall`
@@ -130,7 +159,10 @@ class Client:
         ran (`funnel_used`) and its `calibrated_recall`. `ann=True`: candidates from the
         collection's ANN graph (beam width `ef`, `candidates` per shard; defaults in
         docs/ann.md), re-ranked exactly at the funnel's stages and `dim`.
+        `filter`: only rows matching it are candidates, e.g. {"pos": "noun", "n": {"$lt": 5}}
+        (docs/filters.md); `with_payload` / `payload_fields`: results' payloads in `payloads`.
         """
         req = m.search_request(collection, queries, k, dim, funnel, dtype, allow_partial,
-                               target_recall, ann, ef, candidates)
+                               target_recall, ann, ef, candidates, filter, with_payload,
+                               payload_fields)
         return m.read_search(self._stub.Search(req, timeout=self._t(timeout), metadata=self._md))

@@ -63,6 +63,9 @@ def _request(call: str, name: str):
         "Get": pb.GetRequest(collection=name, ids=[1]),
         "Search": pb.SearchRequest(collection=name, queries=vec, k=3),
         "CreateIndex": pb.CreateIndexRequest(collection=name, index=pb.IndexSpec(dim=8)),
+        "SetPayload": pb.SetPayloadRequest(collection=name, ids=[7], payload=[
+            pb.PayloadColumn(name="color", type=pb.KEYWORD, keywords=["red"])]),
+        "Count": pb.CountRequest(collection=name),
     }[call]
 
 

@@ -13,6 +13,7 @@ straight out, so batching adds latency only when there is a queue to batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -58,13 +59,21 @@ class SearchBatcher:
 
     async def search(self, name: str, queries: np.ndarray, k: int, dim: int, funnel: list,
                      allow_partial: bool, timeout: float | None,
-                     target_recall: float | None = None, ann: tuple = ()) -> ClusterSearchResult:
-        """`ann`: () for a scan, else (ann, ef, candidates) (0 = default) for an ANN search."""
-        if target_recall:  # planned searches go straight through (they may calibrate first)
+                     target_recall: float | None = None, ann: tuple = (), filter=None,
+                     with_payload: bool = False, payload_fields=None) -> ClusterSearchResult:
+        """`ann`: () for a scan, else (ann, ef, candidates) (0 = default) for an ANN search.
+        `filter`: the engine's nested-list form (payload.py), or None."""
+        if target_recall or with_payload:
+            # Planned searches go straight through (they may calibrate first), and so do
+            # searches returning payloads (fetched for their own results).
+            ann_args = dict(ann=ann[0], ef=ann[1], candidates=ann[2]) if ann else {}
             return await self.coord.asearch(name, queries, k, dim, funnel, allow_partial,
-                                            target_recall, ann=bool(ann and ann[0]), timeout=timeout)
+                                            target_recall, timeout=timeout, filter=filter,
+                                            with_payload=with_payload, payload_fields=payload_fields,
+                                            **ann_args)
         key = (name, int(k), int(dim or 0), tuple(tuple(s) for s in funnel), bool(allow_partial),
-               queries.ndim == 2 and queries.shape[1], tuple(ann))
+               queries.ndim == 2 and queries.shape[1], tuple(ann),
+               None if filter is None else json.dumps(filter, sort_keys=True))
         max_rows = self.ann_max_rows if ann and ann[0] else self.max_rows
         if self.window <= 0 or queries.ndim != 2 or queries.shape[0] >= max_rows or (
                 self._in_flight == 0 and key not in self._pending):
@@ -84,8 +93,10 @@ class SearchBatcher:
         return await member.future
 
     async def _run(self, key: tuple, queries: np.ndarray, timeout: float | None):
-        name, k, dim, funnel, partial, _, ann = key
+        name, k, dim, funnel, partial, _, ann, filter_json = key
         ann_args = dict(ann=ann[0], ef=ann[1], candidates=ann[2]) if ann else {}
+        if filter_json is not None:
+            ann_args["filter"] = json.loads(filter_json)
         self._in_flight += 1
         self._gauge()
         try:

@@ -78,6 +78,22 @@ class CatalogActor:
         self._persist()
         return self._collections[name]
 
+    def add_payload_fields(self, name: str, uid: str, fields: dict) -> dict | str | None:
+        """Record new payload fields of a collection (a field's first write declares its
+        type). Returns the config, None if the collection is gone, or an error string
+        when a field is already declared with another type (two writers raced)."""
+        cfg = self._collections.get(name)
+        if cfg is None or cfg.get("uid") != uid:
+            return None
+        schema = cfg.setdefault("payload_schema", {})
+        clash = {f: t for f, t in fields.items() if schema.get(f, t) != t}
+        if clash:
+            return "; ".join(f"payload field {f!r} is {schema[f]}, not {t}" for f, t in clash.items())
+        if any(f not in schema for f in fields):
+            schema.update(fields)
+            self._persist()
+        return cfg
+
     def get(self, name: str) -> dict | None:
         return self._collections.get(name)
 

@@ -15,7 +15,9 @@ calibration.py (target_recall's curves), routing.py (which shard owns an id).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from nestvec.cluster._distributed.shard_actor import shard_actor_name
 from nestvec.cluster._distributed.shard_set import (ShardSet, direct_clients, forget_direct, kill,
                                                     named_handles, spawn_shards)
 from nestvec.cluster._engine import collection as col
+from nestvec.cluster._engine import payload as pl
 from nestvec.cluster._engine import planner
 from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
 from nestvec.cluster._engine.limits import DEFAULT_LIMITS, Limits
@@ -49,6 +52,7 @@ log = logging.getLogger("nestvec.coordinator")
 DEFAULT_NAMESPACE = "nestvec"
 RETRY_WINDOW_S = 15.0     # how long a call waits for a restarting shard without a deadline
 _INLINE_BYTES = 100_000   # larger query batches go to the object store once, not once per shard
+DEFAULT_FIND_LIMIT = 100  # Get by filter without a limit
 
 
 
@@ -58,8 +62,9 @@ class GetResult:
     """Stored vectors of the found ids, in the order asked, and the ids not stored."""
 
     ids: np.ndarray          # found ids (uint64), in request order
-    vectors: np.ndarray      # [len(ids), dim] float32
+    vectors: np.ndarray      # [len(ids), dim] float32 (no columns without vectors)
     missing_ids: np.ndarray  # requested ids that are not stored
+    payload: dict | None = None  # with with_payload: field -> Column, one row per found id
 
 
 @dataclass
@@ -71,6 +76,7 @@ class ClusterSearchResult(SearchResult):
     funnel_used: list = field(default_factory=list)
     calibrated_recall: float | None = None
     ann_used: tuple = ()   # with target_recall: (ef, candidates) if an ANN schedule ran
+    payload: dict | None = None  # with with_payload: field -> Column over [Q * k] results
 
 
 class Coordinator:
@@ -138,12 +144,15 @@ class Coordinator:
     @_both
     def create_collection(self, name: str, dim: int, metric: str = "cosine",
                           nested_dims=None, shards: int | None = None,
-                          first_stage: str | None = None, index=None) -> Plan:
+                          first_stage: str | None = None, index=None,
+                          payload_schema: dict | None = None) -> Plan:
         """`first_stage`: "float32", "float16" or "int8" shortlist copies (lowp.py);
         `index`: an ANN graph spec such as {"type": "hnsw", "dim": 64} (docs/ann.md),
-        whose build starts in the background on each shard."""
+        whose build starts in the background on each shard; `payload_schema`:
+        payload fields declared up front, {name: type} (docs/filters.md)."""
         cfg = CollectionConfig.create(name, dim, metric, nested_dims,
-                                      shards or self.default_shards, first_stage, index)
+                                      shards or self.default_shards, first_stage, index,
+                                      payload_schema)
         (created,) = yield Fanout([(self._catalog.create, (cfg.to_dict(),))])
         if not created:
             raise AlreadyExists(f"collection {name!r} already exists: drop it first or pick another name")
@@ -239,8 +248,9 @@ class Coordinator:
 
     # ----- writes ---------------------------------------------------------------
     @_both
-    def upsert(self, name: str, ids, vectors) -> Plan:
-        """Insert or replace vectors by id; returns rows written.
+    def upsert(self, name: str, ids, vectors, payload: dict | None = None) -> Plan:
+        """Insert or replace vectors (and their payloads: {field: payload.Column}, one
+        entry per row) by id; returns rows written.
 
         Acknowledged (returned) only after every shard has the batch in its log.
         If a call fails part-way, some shards may hold their part: upserts are
@@ -249,41 +259,100 @@ class Coordinator:
         c = yield from self._collection(name)
         vectors = col.check_vectors(vectors, c.config, self.limits)
         ids = col.check_ids(ids, vectors.shape[0])
+        if payload:
+            yield from self._declare_fields(c, payload, ids.size)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p])) for s, p in parts], deadline=True)
+        yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p], pl.take_columns(payload, p)))
+                      for s, p in parts], deadline=True)
         return int(np.unique(ids).size)  # rows written: a repeated id is one row (last wins)
 
     @_both
-    def delete(self, name: str, ids) -> Plan:
-        """Delete by id; returns how many existed."""
+    def set_payload(self, name: str, ids, payload: dict) -> Plan:
+        """Change the given payload fields of stored ids (one entry per id; a missing
+        entry clears the field), vectors untouched; returns how many ids were stored."""
         c = yield from self._collection(name)
         ids = col.check_ids(ids, limit=self.limits.max_ids)
+        if not payload:
+            raise InvalidArgument("SetPayload needs at least one payload field")
+        yield from self._declare_fields(c, payload, ids.size)
+        parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
+        counts = yield Fanout([(c.shards[s].set_payload, (ids[p], pl.take_columns(payload, p)))
+                               for s, p in parts], deadline=True)
+        return int(sum(counts))
+
+    @_both
+    def delete(self, name: str, ids=None, filter=None) -> Plan:
+        """Delete by id, or every row matching `filter`; returns how many existed."""
+        c = yield from self._collection(name)
+        if filter is not None:
+            if ids is not None and len(ids):
+                raise InvalidArgument("give either ids or a filter to delete, not both")
+            f = yield from self._filter(c, filter)
+            counts = yield Fanout([(h.delete_matching, (f,)) for h in c.shards], deadline=True)
+            return int(sum(counts))
+        ids = col.check_ids(ids if ids is not None else [], limit=self.limits.max_ids)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         counts = yield Fanout([(c.shards[s].delete, (ids[p],)) for s, p in parts], deadline=True)
         return int(sum(counts))
 
     # ----- reads ----------------------------------------------------------------
     @_both
-    def get(self, name: str, ids, dim: int | None = None) -> Plan:
+    def count(self, name: str, filter=None) -> Plan:
+        """Live rows matching `filter` (all live rows without one)."""
         c = yield from self._collection(name)
-        ids = col.check_ids(ids, limit=self.limits.max_ids)
+        f = (yield from self._filter(c, filter)) if filter is not None else ""
+        counts = yield Fanout([(h.count, (f,)) for h in c.shards], deadline=True)
+        return int(sum(counts))
+
+    @_both
+    def get(self, name: str, ids=None, dim: int | None = None, with_payload: bool = False,
+            payload_fields: list | None = None, with_vectors: bool = True, filter=None,
+            limit: int = 0) -> Plan:
+        """Stored rows by id (in the order asked), or with `filter` the `limit` smallest
+        matching ids (ascending); vectors at prefix `dim` and, if asked, payloads."""
+        c = yield from self._collection(name)
         dim = int(dim or 0) or c.config.dim
         if not 1 <= dim <= c.config.dim:
             raise InvalidArgument(f"dim {dim} is outside 1..{c.config.dim} (0 means the full dim)")
+        fields = self._fields(c, payload_fields) if with_payload else None
+        if filter is not None:
+            if ids is not None and len(ids):
+                raise InvalidArgument("give either ids or a filter to get, not both")
+            limit = int(limit or DEFAULT_FIND_LIMIT)
+            if not 1 <= limit <= self.limits.max_ids:
+                raise InvalidArgument(f"limit must be between 1 and {self.limits.max_ids}, got {limit}")
+            f = yield from self._filter(c, filter)
+            parts = yield Fanout([(h.find, (f, limit, dim, with_vectors, fields, with_payload))
+                                  for h in c.shards], deadline=True)
+            found = np.concatenate([p[0] for p in parts])
+            order = np.argsort(found, kind="stable")[:limit]
+            vectors = (np.concatenate([p[1] for p in parts])[order] if with_vectors
+                       else np.zeros((order.size, 0), np.float32))
+            payload = (pl.take_columns(pl.concat_columns([(p[0].size, p[2]) for p in parts],
+                                                         c.config.schema, fields), order)
+                       if with_payload else None)
+            return GetResult(found[order], vectors, np.empty(0, np.uint64), payload)
+        ids = col.check_ids(ids if ids is not None else [], limit=self.limits.max_ids)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
-        results = yield Fanout([(c.shards[s].get, (ids[p], dim)) for s, p in parts], deadline=True)
+        results = yield Fanout([(c.shards[s].get, (ids[p], dim if with_vectors else 1)) for s, p in parts],
+                               deadline=True)
         found = np.zeros(ids.size, dtype=bool)
-        vectors = np.zeros((ids.size, dim), dtype=np.float32)
+        vectors = np.zeros((ids.size, dim if with_vectors else 0), dtype=np.float32)
         for (_, pos), (f, v) in zip(parts, results):
             found[pos[f]] = True
-            vectors[pos[f]] = v
-        return GetResult(ids[found], vectors[found], ids[~found])
+            if with_vectors:
+                vectors[pos[f]] = v
+        payload = None
+        if with_payload:
+            payload = yield from self._payload_of(c, ids[found], fields)
+        return GetResult(ids[found], vectors[found], ids[~found], payload)
 
     @_both
     def search(self, name: str, queries, k: int = 10, dim: int | None = None,
                funnel=None, allow_partial: bool = False, target_recall: float | None = None,
                ann: bool = False, ef: int | None = None, candidates: int | None = None,
-               _record: bool = True) -> Plan:
+               _record: bool = True, filter=None, with_payload: bool = False,
+               payload_fields: list | None = None) -> Plan:
         """Exact top-k over every shard at prefix `dim` (full if None), optionally via a funnel.
 
         A shard that is down fails the search with UNAVAILABLE, unless
@@ -292,10 +361,25 @@ class Coordinator:
         funnel, the cheapest calibrated funnel that reaches it runs (planner.py).
         With `ann`, each shard takes `candidates` from its ANN graph (beam width
         `ef`) and re-ranks them exactly at the funnel's stages and `dim` (docs/ann.md).
+        With `filter` only matching rows are candidates, at every stage; filtered ANN and
+        target_recall searches run as exact scans of the matching rows for now
+        (docs/filters.md). `with_payload` returns the results' payloads.
         """
         c = yield from self._collection(name)
         queries = col.check_queries(queries, c.config, self.limits)
+        fields = self._fields(c, payload_fields) if with_payload else None
         chosen = None
+        f = ""
+        if filter is not None:
+            f = yield from self._filter(c, filter)
+            if target_recall:  # an exact scan of the matching rows meets any target
+                if funnel:
+                    raise InvalidArgument("give either a funnel or target_recall, not both")
+                if not 0 < float(target_recall) <= 1:
+                    raise InvalidArgument(f"target_recall must be in (0, 1], got {target_recall}")
+                target_recall, funnel = None, None
+                chosen = planner.Schedule((), 1.0, 0.0)  # reported: the exact scan ran
+            ann = False
         if target_recall:
             if funnel:
                 raise InvalidArgument("give either a funnel or target_recall, not both")
@@ -316,6 +400,8 @@ class Coordinator:
             yield from self._refresh_config(c)
         plan = col.plan_search(c.config, queries.shape[1], k, dim, funnel, self.limits,
                                ann, ef, candidates)
+        if f:
+            plan = dataclasses.replace(plan, filter=f)
         if _record and queries.shape[1] == c.config.dim:
             rows = self._observed.setdefault(name, collections.deque(maxlen=1000))
             rows.extend(queries[:64].copy())  # a copy: rows must not pin a large request's array
@@ -328,9 +414,10 @@ class Coordinator:
         if plan.stages and not plan.ann_candidates and search_rounds.in_rounds(self.funnel_in_rounds, c, queries, plan, direct):
             ids, keys, missing = yield from search_rounds.run_rounds(c, queries, q_arg, plan, direct,
                                                                 allow_partial)
+            payload = (yield from self._payload_of(c, ids.ravel(), fields)) if with_payload else None
             return ClusterSearchResult(ids, keys_to_scores(c.config.metric, queries, keys, plan.dim),
                                        missing, [list(s) for s in plan.stages] if chosen else [],
-                                       chosen.recall if chosen else None)
+                                       chosen.recall if chosen else None, payload=payload)
         parts = yield Fanout([(h.search_keys, (q_arg, plan)) for h in c.shards],
                              partial_ok=allow_partial, deadline=True, direct=direct,
                              direct_args=[(queries, plan, None)] * len(c.shards), on_direct_down=functools.partial(forget_direct, c))
@@ -339,10 +426,12 @@ class Coordinator:
         if not live:
             raise Unavailable(f"no shard of collection {name!r} is reachable; retry later")
         res = merge_shard_results(c.config.metric, queries, plan, live)
+        payload = (yield from self._payload_of(c, res.ids.ravel(), fields)) if with_payload else None
         return ClusterSearchResult(res.ids, res.scores, missing,
                                    [list(s) for s in plan.stages] if chosen else [],
                                    chosen.recall if chosen else None,
-                                   (plan.ef, plan.ann_candidates) if chosen and chosen.ann else ())
+                                   (plan.ef, plan.ann_candidates) if chosen and chosen.ann else (),
+                                   payload)
 
     @_both
     def calibrate(self, name: str, k: int = 10, queries=None) -> Plan:
@@ -372,6 +461,54 @@ class Coordinator:
         if all(h is not None for h in handles):  # look a missing shard up again next time
             self._cache[name] = c
         return c
+
+    def _declare_fields(self, c: ShardSet, payload: dict, rows: int):
+        """Sub-plan: check a write's payload columns against the collection's fields;
+        a field's first write declares its type in the catalog (shared by gateways)."""
+        new = pl.check_columns(payload, rows, c.config.schema)
+        if not new:
+            return
+        (cfg,) = yield Fanout([(self._catalog.add_payload_fields, (c.config.name, c.config.uid, new))])
+        if cfg is None:
+            raise NotFound(f"collection {c.config.name!r} does not exist")
+        if isinstance(cfg, str):  # another gateway declared it first, differently
+            raise InvalidArgument(cfg)
+        c.config = CollectionConfig.from_dict(cfg)
+        pl.check_columns(payload, rows, c.config.schema)
+
+    def _filter(self, c: ShardSet, filter):
+        """Sub-plan: a filter checked against the collection's fields, as canonical JSON.
+        A field unknown here may have been declared through another gateway: re-read once."""
+        try:
+            return pl.filter_key(pl.check_filter(filter, c.config.schema))
+        except InvalidArgument:
+            yield from self._refresh_config(c)
+            return pl.filter_key(pl.check_filter(filter, c.config.schema))
+
+    @staticmethod
+    def _fields(c: ShardSet, names) -> list[str] | None:
+        if not names:
+            return None
+        unknown = [n for n in names if n not in c.config.schema]
+        if unknown:
+            raise InvalidArgument(f"unknown payload fields {unknown} (fields: {sorted(c.config.schema)})")
+        return list(dict.fromkeys(names))
+
+    def _payload_of(self, c: ShardSet, ids: np.ndarray, fields: list[str] | None):
+        """Sub-plan: payload columns, one row per entry of `ids` (repeats allowed); an id
+        no longer stored (deleted since the search) gets missing values."""
+        uniq, inverse = np.unique(np.asarray(ids, dtype=np.uint64), return_inverse=True)
+        parts = [(s, p) for s, p in enumerate(split_by_shard(uniq, c.config.shards)) if p.size]
+        results = yield Fanout([(c.shards[s].get_payload, (uniq[p], fields)) for s, p in parts],
+                               deadline=True)
+        where = np.full(uniq.size, -1, dtype=np.int64)  # uniq row -> row of the concatenation
+        at, columns = 0, []
+        for (_, p), (found, cols) in zip(parts, results):
+            where[p[found]] = at + np.arange(int(found.sum()))
+            at += int(found.sum())
+            columns.append((int(found.sum()), cols))
+        merged = pl.concat_columns(columns, c.config.schema, fields)
+        return pl.take_columns(merged, where[inverse])  # -1: a missing row
 
     def _refresh_config(self, c: ShardSet):
         """Sub-plan: re-read the collection's config (its index spec can change) from the catalog."""

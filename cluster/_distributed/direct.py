@@ -89,7 +89,8 @@ def encode_request(queries: np.ndarray, plan: SearchPlan, deadline: float | None
     funnel run across shards (ShardActor.funnel_round)."""
     header = {"queries": [list(queries.shape), queries.dtype.str],
               "plan": {"k": plan.k, "dim": plan.dim, "stages": plan.stages,
-                       "ann_candidates": plan.ann_candidates, "ef": plan.ef},
+                       "ann_candidates": plan.ann_candidates, "ef": plan.ef,
+                       "filter": plan.filter},
               "deadline": deadline}
     arrays = [queries]
     if round_ is not None:
@@ -111,7 +112,7 @@ def decode_request(payload: bytes) -> tuple[np.ndarray, SearchPlan, float | None
     queries, *rest = _arrays(header, data, ("queries", *present))
     p = header["plan"]
     plan = SearchPlan(int(p["k"]), int(p["dim"]), tuple(tuple(int(x) for x in s) for s in p["stages"]),
-                      int(p["ann_candidates"]), int(p["ef"]))
+                      int(p["ann_candidates"]), int(p["ef"]), str(p.get("filter", "")))
     round_ = None
     if "stage" in header:
         got = dict(zip(present, rest))

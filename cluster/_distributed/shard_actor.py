@@ -171,13 +171,58 @@ class ShardActor:
             return ann_shard.search_keys(self.engine, self.ann, queries, plan, threads=1)
 
     @_locked
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray, deadline: float | None = None) -> int:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, payload: dict | None = None,
+               deadline: float | None = None) -> int:
         _check_deadline(deadline)
         if self.store:
-            return self.store.upsert(ids, vectors)  # the store keeps the graph in step
-        n = self.engine.upsert(ids, vectors)
+            return self.store.upsert(ids, vectors, payload)  # the store keeps the graph in step
+        n = self.engine.upsert(ids, vectors, payload)
         self.ann.upsert(ids, vectors, self.engine)
         return n
+
+    @_locked
+    def set_payload(self, ids: np.ndarray, payload: dict, deadline: float | None = None) -> int:
+        _check_deadline(deadline)
+        if self.store:
+            return self.store.set_payload(ids, payload)
+        return self.engine.set_payload(ids, payload)
+
+    @_locked
+    def delete_matching(self, filter_json: str, deadline: float | None = None) -> int:
+        """Delete every row matching the filter: resolved to ids under the lock, so the
+        log records exactly which rows went (a replay does not re-evaluate the filter)."""
+        _check_deadline(deadline)
+        ids = self.engine.matching_ids(filter_json, len(self.engine))
+        if not ids.size:
+            return 0
+        if self.store:
+            return self.store.delete(ids)
+        n = self.engine.delete(ids)
+        self.ann.delete(ids, self.engine)
+        return n
+
+    @_locked
+    def count(self, filter_json: str = "", deadline: float | None = None) -> int:
+        _check_deadline(deadline)
+        return self.engine.count(filter_json)
+
+    @_locked
+    def find(self, filter_json: str, limit: int, dim: int, with_vectors: bool,
+             fields: list[str] | None, with_payload: bool, deadline: float | None = None):
+        """Get by filter: (the `limit` smallest matching ids, their vectors or None,
+        their payload columns or None)."""
+        _check_deadline(deadline)
+        ids = self.engine.matching_ids(filter_json, limit)
+        vectors = self.engine.get(ids, dim)[1] if with_vectors else None
+        return ids, vectors, self.engine.read_payload(ids, fields) if with_payload else None
+
+    @_locked
+    def get_payload(self, ids: np.ndarray, fields: list[str] | None,
+                    deadline: float | None = None) -> tuple[np.ndarray, dict]:
+        """(found mask in the order asked, payload columns of the found ids)."""
+        _check_deadline(deadline)
+        found = self.engine.get(ids, 1)[0]
+        return found, self.engine.read_payload(ids[found], fields)
 
     @_locked
     def delete(self, ids: np.ndarray, deadline: float | None = None) -> int:
@@ -212,7 +257,7 @@ class ShardActor:
         if plan.stages:
             cand = self.engine.funnel_candidates(queries, plan)
             return cand.ids, cand.keys
-        return self.engine.top_keys(queries, plan.k, plan.dim)
+        return self.engine.top_keys(queries, plan.k, plan.dim, plan.filter)
 
     @_locked
     def funnel_round(self, queries: np.ndarray, plan: SearchPlan, stage: int,
@@ -232,9 +277,9 @@ class ShardActor:
         if stage == funnel_rounds.WHOLE_FUNNEL:
             return self.engine.funnel_keys(queries, plan)
         if stage == funnel_rounds.ONE_ROUND:
-            return self.engine.shortlist(queries, plan.stages[0], (int(counts[0]), plan.dim))
+            return self.engine.shortlist(queries, plan.stages[0], (int(counts[0]), plan.dim), plan.filter)
         if stage == 0:
-            return self.engine.shortlist(queries, plan.stages[0])
+            return self.engine.shortlist(queries, plan.stages[0], filter=plan.filter)
         last = stage == len(plan.stages)
         dim = plan.dim if last else plan.stages[stage][0]
         return self.engine.rescore_survivors(queries, ids, counts, dim, plan.k if last else None)

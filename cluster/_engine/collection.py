@@ -115,11 +115,19 @@ class CollectionConfig:
     uid: str = ""  # fresh per creation: names this incarnation's files on disk
     first_stage: str = "float32"  # precision of funnel shortlists at dims <= lowp.LOWP_MAX_DIM
     index: IndexSpec | None = None  # ANN graph built at creation (or later by CreateIndex)
+    # Payload fields, (name, type) sorted by name: declared at creation or by a field's
+    # first write (payload.py). A tuple so the config stays hashable.
+    payload_schema: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def schema(self) -> dict[str, str]:
+        return dict(self.payload_schema)
 
     @staticmethod
     def create(name: str, dim: int, metric: str = "cosine",
                nested_dims: list[int] | tuple[int, ...] | None = None,
-               shards: int = 1, first_stage: str | None = None, index=None) -> "CollectionConfig":
+               shards: int = 1, first_stage: str | None = None, index=None,
+               payload_schema: dict[str, str] | None = None) -> "CollectionConfig":
         """Validate and normalise user input into a config (nested dims sorted, dim included)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidArgument(
@@ -148,12 +156,15 @@ class CollectionConfig:
         if first_stage not in PRECISIONS:
             raise InvalidArgument(
                 f"unknown first_stage precision {first_stage!r}: use one of {', '.join(PRECISIONS)}")
+        from nestvec.cluster._engine.payload import check_schema
+        schema = check_schema(payload_schema or {})
         return CollectionConfig(name, dim, metric, tuple(dims), int(shards), uuid.uuid4().hex[:12],
-                                first_stage, IndexSpec.create(index, dim))
+                                first_stage, IndexSpec.create(index, dim), tuple(sorted(schema.items())))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["nested_dims"] = list(self.nested_dims)
+        d["payload_schema"] = dict(self.payload_schema)
         return d
 
     @staticmethod
@@ -161,7 +172,8 @@ class CollectionConfig:
         return CollectionConfig(d["name"], int(d["dim"]), d["metric"],
                                 tuple(int(x) for x in d["nested_dims"]), int(d["shards"]),
                                 d.get("uid", ""), d.get("first_stage", "float32"),
-                                IndexSpec.from_dict(d.get("index")))
+                                IndexSpec.from_dict(d.get("index")),
+                                tuple(sorted((d.get("payload_schema") or {}).items())))
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,10 @@ class SearchPlan:
     # beam width `ef`) instead of a scan; `stages` then re-rank them, then the final dim.
     ann_candidates: int = 0
     ef: int = 0
+    # A payload filter (payload.check_filter's canonical form) as JSON: only matching
+    # rows are candidates at any stage. A string so plans stay hashable and travel
+    # as they are over Ray and the same-node socket.
+    filter: str = ""
 
     @property
     def keeps(self) -> list[int]:

@@ -20,11 +20,13 @@ lowp, kernels, parallel).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from nestvec.cluster._engine import kernels, parallel
+from nestvec.cluster._engine.payload import Column, PayloadStore, take_rows
 from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
 from nestvec.cluster._engine.lowp import QuantizedPrefix, has_copy, lowp_overfetch
 from nestvec.cluster._engine.topk import order as topk_order
@@ -51,6 +53,10 @@ SPLIT_MIN_ROWS = 8192  # a scan splits into row ranges of at least this many row
 SCORE_BUDGET_BYTES = 256 << 20
 _BYTES_PER_SCORE = 8  # float32 keys plus a scan's temporaries (~5.8 bytes measured)
 _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this many bytes
+# A filtered scan matching at least this share of the rows scans them all and masks the
+# rest (a strided view BLAS reads in place); below it, the matching rows are gathered
+# and only they are scored (docs/filters.md).
+DENSE_FILTER_FRACTION = 0.5
 
 
 @dataclass
@@ -104,6 +110,7 @@ class ShardEngine:
         self._row_terms: dict[int, np.ndarray] = {}  # dim -> per-row scan term, until a write
         self._table_of: np.ndarray | None = None          # the _index_rows _table was built from
         self._table: np.ndarray | None = None             # see _row_table
+        self.payload = PayloadStore()                     # attributes, row-aligned (payload.py)
 
     # ----- size -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -118,11 +125,13 @@ class ShardEngine:
                   self._index_rows, *self._fast.values(), *self._row_terms.values()]
         if self._table is not None:
             arrays.append(self._table)
-        return int(sum(a.nbytes for a in arrays)) + self.lowp_nbytes()
+        return int(sum(a.nbytes for a in arrays)) + self.lowp_nbytes() + self.payload.nbytes()
 
     # ----- writes ---------------------------------------------------------------
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
-        """Insert or replace rows. Within one batch the last occurrence of an id wins."""
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray,
+               payload: dict[str, Column] | None = None) -> int:
+        """Insert or replace rows (and their payloads: fields not given become missing).
+        Within one batch the last occurrence of an id wins."""
         ids = np.asarray(ids, dtype=np.uint64)
         vectors = np.asarray(vectors, dtype=np.float32)
         # Keep each id's last occurrence (np.unique on the reversed batch).
@@ -133,6 +142,13 @@ class ShardEngine:
         old_rows = self._index_rows[pos[found]]
         self._write_rows(old_rows, vectors[found])
         new_ids = ids[~found]
+        rows_of = np.empty(ids.size, dtype=np.int64)  # each unique id's row
+        rows_of[found] = old_rows
+        rows_of[~found] = np.arange(self._n, self._n + new_ids.size, dtype=np.int64)
+        if payload:
+            self.payload.write(rows_of, {f: take_rows(c, take) for f, c in payload.items()}, replace=True)
+        elif self.payload.fields:
+            self.payload.clear(rows_of)
         if new_ids.size:
             start = self._n
             self._reserve(start + new_ids.size)
@@ -155,6 +171,8 @@ class ShardEngine:
             return 0
         pos = pos[found]
         self._alive[self._index_rows[pos]] = False
+        if self.payload.fields:
+            self.payload.clear(self._index_rows[pos])
         self._index_ids = np.delete(self._index_ids, pos)
         self._index_rows = np.delete(self._index_rows, pos)
         self._dead_rows = None
@@ -174,6 +192,7 @@ class ShardEngine:
             copy[:m] = copy[keep]
         for lp in self._lowp.values():
             lp.keep_rows(keep)
+        self.payload.take(keep)
         self._alive[:m] = True
         self._alive[m: self._n] = False
         self._n = m
@@ -195,6 +214,43 @@ class ShardEngine:
         """All live ids, sorted."""
         return self._index_ids.copy()
 
+    # ----- payloads and filters (payload.py, docs/filters.md) ---------------------
+    def set_payload(self, ids: np.ndarray, payload: dict[str, Column]) -> int:
+        """Change the given fields of stored ids (one column entry per id; the last
+        occurrence of a repeated id wins); ids not stored are skipped. Returns how many
+        were stored."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        uniq, first_in_rev = np.unique(ids[::-1], return_index=True)
+        take = ids.size - 1 - first_in_rev
+        pos, found = self._lookup(uniq)
+        if found.any():
+            rows = self._index_rows[pos[found]]
+            self.payload.write(rows, {f: take_rows(c, take[found]) for f, c in payload.items()},
+                               replace=False)
+        return int(found.sum())
+
+    def read_payload(self, ids: np.ndarray, fields: list[str] | None = None) -> dict[str, Column]:
+        """Payload columns of stored `ids` (each must be stored: callers pass found ids)."""
+        pos, found = self._lookup(np.asarray(ids, dtype=np.uint64))
+        return self.payload.read(self._index_rows[pos[found]], fields)
+
+    def filter_rows(self, filter_json: str) -> np.ndarray:
+        """Live rows matching a canonical filter (as JSON), ascending."""
+        mask = self.payload.mask(json.loads(filter_json), self._n)
+        mask &= self._alive[: self._n]
+        return np.flatnonzero(mask)
+
+    def count(self, filter_json: str = "") -> int:
+        return len(self) if not filter_json else int(self.filter_rows(filter_json).size)
+
+    def matching_ids(self, filter_json: str, limit: int) -> np.ndarray:
+        """The `limit` smallest live ids matching the filter, ascending."""
+        ids = np.sort(self._row_ids[self.filter_rows(filter_json)])
+        return ids[:limit]
+
+    def _subset(self, plan: SearchPlan) -> np.ndarray | None:
+        return self.filter_rows(plan.filter) if plan.filter else None
+
     def live_arrays(self, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps.
 
@@ -209,7 +265,7 @@ class ShardEngine:
         if plan.stages:
             ids, keys = self.funnel_keys(queries, plan)
         else:
-            ids, keys = self.top_keys(queries, plan.k, plan.dim)
+            ids, keys = self.top_keys(queries, plan.k, plan.dim, plan.filter)
         return SearchResult(ids, keys_to_scores(self.metric, queries, keys, plan.dim))
 
     def funnel_keys(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -219,10 +275,65 @@ class ShardEngine:
         cand = self.funnel_candidates(queries, plan)
         return run_funnel(cand.ids, cand.keys, plan.keeps, plan.k)
 
-    def top_keys(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """[Q, min(k, live)] ids and keys of the best rows at prefix `dim`."""
+    def top_keys(self, queries: np.ndarray, k: int, dim: int, filter: str = ""
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, min(k, live)] ids and keys of the best rows at prefix `dim` (with a
+        filter: the best matching rows, at most as many as match)."""
+        if filter:
+            subset = self.filter_rows(filter)
+            rows, keys = self._best_subset_rows(queries, min(k, subset.size), dim, subset, True)
+            return self._row_ids[rows], keys
         rows, keys = self._best_rows(queries, min(k, len(self)), dim)
         return self._row_ids[rows], keys
+
+    def _best_subset_rows(self, queries: np.ndarray, k: int, dim: int, subset: np.ndarray,
+                          sort: bool) -> tuple[np.ndarray, np.ndarray]:
+        """_best_rows among `subset` (live rows, ascending): the brute-force answer over
+        the matching rows. A dense subset is scanned in place with the other rows'
+        keys set to -inf before the selection; a sparse one is gathered and only its
+        rows are scored. Query chunks keep the score matrix within score_budget."""
+        q_rows = queries.shape[0]
+        if k == 0 or subset.size == 0:
+            return np.zeros((q_rows, 0), dtype=np.int64), np.zeros((q_rows, 0), dtype=np.float32)
+        dense = subset.size >= DENSE_FILTER_FRACTION * self._n
+        if dense:
+            outside = np.ones(self._n, dtype=bool)
+            outside[subset] = False
+            outside = np.flatnonzero(outside)
+            ids = self._row_ids[: self._n]
+        else:
+            gathered = self._vectors[subset, :dim]  # one copy, scored by every chunk
+            ids = self._row_ids[subset]
+        width = self._n if dense else subset.size
+        step = max(1, self.score_budget // (max(width, 1) * _BYTES_PER_SCORE))
+        parts = []
+        for i in range(0, q_rows, step):
+            chunk = queries[i:i + step]
+            if dense:
+                keys = self._scan_keys(chunk, dim)
+                keys[:, outside] = -np.inf
+            else:
+                keys = self._scan_gathered(chunk, dim, subset, gathered)
+            cols = top_columns(keys, ids, k, sort)
+            parts.append((cols if dense else subset[cols], np.take_along_axis(keys, cols, axis=1)))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _scan_gathered(self, queries: np.ndarray, dim: int, rows: np.ndarray, x: np.ndarray
+                       ) -> np.ndarray:
+        """[Q, len(rows)] keys at `dim` of `rows`, whose prefixes are `x` (gathered)."""
+        q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
+        if self.metric == "cosine":
+            keys = _unit_rows(q) @ x.T
+            keys *= self._scan_term(dim)[rows][None, :]
+        elif self.metric == "dot":
+            keys = q @ x.T
+        else:
+            keys = q @ x.T
+            keys *= 2
+            keys -= self._scan_term(dim)[rows][None, :]
+        return keys
 
     def _best_rows(self, queries: np.ndarray, k: int, dim: int, sort: bool = True
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -306,14 +417,24 @@ class ShardEngine:
         several shards' candidates can run the remaining stages exactly (topk.run_funnel).
         """
         later_dims = [d for d, _ in plan.stages[1:]] + [plan.dim]
-        cols, keys = self._first_stage(queries, plan.stages[0], later_dims)
+        cols, keys = self._first_stage(queries, plan.stages[0], later_dims, plan.filter)
         return Candidates(self._row_ids[cols], keys)
 
-    def _first_stage(self, queries: np.ndarray, stage: tuple[int, int], later_dims: list[int]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def _first_stage(self, queries: np.ndarray, stage: tuple[int, int], later_dims: list[int],
+                     filter: str = "") -> tuple[np.ndarray, np.ndarray]:
         """[Q, keep] rows best at the stage's dim (by (key desc, id asc)), in no order, and their keys
-        at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)]."""
+        at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)].
+        With a filter only matching rows are shortlisted (so every later stage sees only them)."""
         first_dim, first_keep = stage
+        if filter:
+            subset = self.filter_rows(filter)
+            cols, keys1 = self._best_subset_rows(queries, min(first_keep, subset.size), first_dim,
+                                                 subset, sort=False)
+            out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
+            out[..., 0] = keys1
+            if later_dims and cols.size:
+                out[..., 1:] = self._rescore(queries, cols, later_dims)
+            return cols, out
         keep = min(first_keep, len(self))
         lp = self._lowp.get(first_dim)
         wide = None if lp is None else self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
@@ -337,7 +458,7 @@ class ShardEngine:
         dims and 50 at 384, not 400 at both as funnel_candidates must (a merge of
         shards needs every key). The same answer as run_funnel on funnel_candidates:
         each stage keeps its best by (key desc, id asc) among the previous survivors."""
-        cols, _ = self._first_stage(queries, plan.stages[0], [])
+        cols, _ = self._first_stage(queries, plan.stages[0], [], plan.filter)
         later = [*plan.stages[1:], (plan.dim, plan.k)]
         for i, (d, keep) in enumerate(later):
             keys = self._rescore(queries, cols, [d])[..., 0]
@@ -353,7 +474,8 @@ class ShardEngine:
 
     # ----- a funnel over several shards, in rounds (_distributed/search_rounds.py) ----------
     def shortlist(self, queries: np.ndarray, stage: tuple[int, int],
-                  rescore: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  rescore: tuple[int, int] | None = None, filter: str = ""
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """Round 1: [Q, keep] ids best at the stage's dim and their keys, in any order
         (the coordinator cuts the shards' lists to the global shortlist).
 
@@ -361,7 +483,7 @@ class ShardEngine:
         shortlist's best `spec` come back, keys [Q, spec, 2] at the stage's dim and
         at `dim` (funnel_rounds.one_round).
         """
-        cols, keys = self._first_stage(queries, stage, [])
+        cols, keys = self._first_stage(queries, stage, [], filter)
         keys = keys[..., 0]
         if rescore is None:
             return self._row_ids[cols], keys

@@ -25,7 +25,8 @@ ENV_VAR = "NESTVEC_API_KEYS"
 # The least role each VectorSearch call needs.
 CALL_ROLES = {
     "DescribeCollection": "read", "ListCollections": "read", "Get": "read", "Search": "read",
-    "Upsert": "write", "UpsertStream": "write", "Delete": "write",
+    "Count": "read",
+    "Upsert": "write", "UpsertStream": "write", "Delete": "write", "SetPayload": "write",
     "CreateCollection": "admin", "DropCollection": "admin", "CreateIndex": "admin",
 }
 

@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from nestvec import wire
-from nestvec.cluster._server import auth
+from nestvec.cluster._server import auth, payload_wire
 from nestvec.cluster._distributed.batcher import SearchBatcher
 from nestvec.cluster._engine.collection import CollectionConfig
 from nestvec.cluster._distributed.coordinator import Coordinator
@@ -168,6 +168,7 @@ def _collection_info(cfg: CollectionConfig, stats: list[dict] | None = None) -> 
                              first_stage=wire.PRECISION_TO_WIRE[cfg.first_stage])
     if cfg.index is not None:
         info.index.CopyFrom(pb.IndexSpec(**cfg.index.to_dict()))
+    info.payload_schema.extend(payload_wire.schema_to_wire(cfg.schema))
     for s in stats or ():
         if s.get("down"):
             info.shard_info.add(shard=s["shard"], down=True, health="DOWN",
@@ -203,6 +204,7 @@ class VectorSearchServicer:
             list(request.nested_dims) or None, request.shards or None,
             _precision_name(request.first_stage),
             _index_spec(request.index) if request.HasField("index") else None,
+            payload_wire.schema_from_wire(request.payload_schema),
             timeout=context.time_remaining())
         return pb.CreateCollectionResponse(collection=_collection_info(cfg))
 
@@ -257,21 +259,41 @@ class VectorSearchServicer:
         if not request.HasField("vectors"):
             raise InvalidArgument("vectors are missing: send a Matrix with one row per id")
         vectors = wire.decode_matrix(request.vectors, "vectors")
-        return await self.coord.aupsert(request.collection, _ids(request.ids), vectors,
+        payload = payload_wire.columns_from_wire(request.payload, len(request.ids)) if request.payload else None
+        return await self.coord.aupsert(request.collection, _ids(request.ids), vectors, payload,
                                         timeout=context.time_remaining())
 
     @_rpc
+    async def SetPayload(self, request, context):
+        payload = payload_wire.columns_from_wire(request.payload, len(request.ids))
+        n = await self.coord.aset_payload(request.collection, _ids(request.ids), payload,
+                                          timeout=context.time_remaining())
+        return pb.SetPayloadResponse(updated=n)
+
+    @_rpc
+    async def Count(self, request, context):
+        n = await self.coord.acount(request.collection, payload_wire.filter_of(request),
+                                    timeout=context.time_remaining())
+        return pb.CountResponse(count=n)
+
+    @_rpc
     async def Delete(self, request, context):
-        n = await self.coord.adelete(request.collection, _ids(request.ids),
+        n = await self.coord.adelete(request.collection, _ids(request.ids), payload_wire.filter_of(request),
                                      timeout=context.time_remaining())
         return pb.DeleteResponse(deleted=n)
 
     @_rpc
     async def Get(self, request, context):
         res = await self.coord.aget(request.collection, _ids(request.ids), request.dim,
-                                    timeout=context.time_remaining())
-        return pb.GetResponse(ids=res.ids.tolist(), vectors=wire.encode_matrix(res.vectors),
-                              missing_ids=res.missing_ids.tolist())
+                                    request.with_payload, list(request.payload_fields) or None,
+                                    not request.without_vectors, payload_wire.filter_of(request),
+                                    request.limit, timeout=context.time_remaining())
+        resp = pb.GetResponse(ids=res.ids.tolist(), missing_ids=res.missing_ids.tolist())
+        if not request.without_vectors:
+            resp.vectors.CopyFrom(wire.encode_matrix(res.vectors))
+        if res.payload is not None:
+            resp.payload.extend(payload_wire.columns_to_wire(res.payload))
+        return resp
 
     @_rpc
     async def Search(self, request, context):
@@ -283,10 +305,14 @@ class VectorSearchServicer:
                                         funnel, request.allow_partial, context.time_remaining(),
                                         request.target_recall or None,
                                         (request.ann, request.ef, request.candidates)
-                                        if request.ann or request.ef or request.candidates else ())
+                                        if request.ann or request.ef or request.candidates else (),
+                                        payload_wire.filter_of(request), request.with_payload,
+                                        list(request.payload_fields) or None)
         resp = pb.SearchResponse(queries=res.ids.shape[0], k=res.ids.shape[1],
                                  ids=wire.encode_ids(res.ids), scores=wire.encode_scores(res.scores),
                                  missing_shards=res.missing_shards)
+        if res.payload is not None:
+            resp.payload.extend(payload_wire.columns_to_wire(res.payload))
         if res.calibrated_recall is not None:
             for d, c in res.funnel_used:
                 resp.funnel_used.add(dim=d, candidates=c)

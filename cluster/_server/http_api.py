@@ -88,6 +88,8 @@ ROUTES = (
     Route("Get", "POST", "/v1/collections/{collection}/get"),
     Route("Search", "POST", "/v1/collections/{collection}/search"),
     Route("CreateIndex", "POST", "/v1/collections/{collection}/index"),
+    Route("SetPayload", "POST", "/v1/collections/{collection}/set-payload"),
+    Route("Count", "POST", "/v1/collections/{collection}/count"),
 )
 
 # Request fields that may also be sent as plain number arrays (-> a float32 Matrix).

@@ -1,6 +1,6 @@
 """The data directory: a versioned manifest, the catalog file, and shard folders.
 
-    D/MANIFEST.json                       {"format_version": 1, ...}
+    D/MANIFEST.json                       {"format_version": 2, ...}
     D/catalog.json                        the collections (atomically replaced)
     D/collections/<name>.<uid>/shard-<i>/ one folder per shard (see durable_shard.py)
 
@@ -14,7 +14,10 @@ import json
 import os
 import shutil
 
-FORMAT_VERSION = 1
+# 2: logs may hold payload records (ops 3 and 4) and snapshots payload.bin. A version-1
+# directory is read as it is and marked 2 on open, so an older nestvec, which would
+# misread those records, refuses it.
+FORMAT_VERSION = 2
 MANIFEST = "MANIFEST.json"
 CATALOG = "catalog.json"
 LOCK = "LOCK"
@@ -36,6 +39,8 @@ def open_data_dir(path: str) -> str:
             raise DataDirError(
                 f"data directory {path} has format version {version}, newer than this nestvec "
                 f"understands ({FORMAT_VERSION}): upgrade nestvec, or point --data-dir elsewhere")
+        if version < FORMAT_VERSION:
+            write_json_atomic(manifest, {"format_version": FORMAT_VERSION, "software": "nestvec"})
         return path
     if any(name not in (MANIFEST, LOCK, "ray-auth-token") for name in os.listdir(path)):
         raise DataDirError(f"{path} is not empty and has no {MANIFEST}: it is not a nestvec data "

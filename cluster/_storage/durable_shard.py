@@ -3,8 +3,9 @@
 Folder of one shard:
 
     wal-<seq>.log       writes since snapshot <seq> (seq 0: since the start)
-    snapshot-<seq>/     ids.npy, vectors.npy (live rows only), meta.json, and the
-                        ANN graph if the collection has one (ann_shard.py)
+    snapshot-<seq>/     ids.npy, vectors.npy (live rows only), payload.bin (their
+                        payload columns, if any), meta.json, and the ANN graph if
+                        the collection has one (ann_shard.py)
     snapshot-<seq>.tmp/ a snapshot being written (ignored and removed on recovery)
 
 A write is appended to the log (and fsync'd, under the default policy) before
@@ -45,11 +46,14 @@ from nestvec.cluster._engine.collection import CollectionConfig
 from nestvec.cluster._storage import failpoints
 from nestvec.cluster._storage.datadir import fsync_dir, makedirs_durable
 from nestvec.cluster._engine.shard_engine import ShardEngine
-from nestvec.cluster._storage.wal import OP_DELETE, OP_UPSERT, WalWriter, read_log
+from nestvec.cluster._engine.payload import decode_columns, encode_columns
+from nestvec.cluster._storage.wal import (OP_DELETE, OP_SET_PAYLOAD, OP_UPSERT, OP_UPSERT_PAYLOAD,
+                                          WalWriter, read_log)
 
 log = logging.getLogger("nestvec.shard")
 
 DEFAULT_SNAPSHOT_BYTES = 256 << 20  # snapshot once the log passes this size
+PAYLOAD_FILE = "payload.bin"
 _SNAP = re.compile(r"^snapshot-(\d{8})$")
 _WAL = re.compile(r"^wal-(\d{8})\.log$")
 
@@ -73,11 +77,20 @@ class DurableShard:
         log.info("shard %s recovered %d vectors (snapshot %d + %d log records) in %.2fs",
                  directory, len(self.engine), self.seq, replayed, self.recovery_seconds)
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> int:
-        self.wal.append(OP_UPSERT, ids, vectors)
-        n = self.engine.upsert(ids, vectors)
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, payload: dict | None = None) -> int:
+        if payload:
+            self.wal.append(OP_UPSERT_PAYLOAD, ids, vectors, encode_columns(payload, ids.size))
+        else:
+            self.wal.append(OP_UPSERT, ids, vectors)
+        n = self.engine.upsert(ids, vectors, payload)
         if self.ann is not None:  # before a snapshot, so the saved graph matches it
             self.ann.upsert(ids, vectors, self.engine)
+        self._maybe_snapshot()
+        return n
+
+    def set_payload(self, ids: np.ndarray, payload: dict) -> int:
+        self.wal.append(OP_SET_PAYLOAD, ids, None, encode_columns(payload, ids.size))
+        n = self.engine.set_payload(ids, payload)
         self._maybe_snapshot()
         return n
 
@@ -175,6 +188,11 @@ def write_snapshot(tmp: str, engine: ShardEngine, ann=None) -> None:
             np.save(f, arr)
             f.flush()
             os.fsync(f.fileno())
+    if engine.payload.fields and ids.size:
+        with open(os.path.join(tmp, PAYLOAD_FILE), "wb") as f:
+            f.write(encode_columns(engine.read_payload(ids), int(ids.size)))
+            f.flush()
+            os.fsync(f.fileno())
     if ann is not None:
         ann.save(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -203,8 +221,12 @@ def recover(config: CollectionConfig, directory: str, ann=None) -> tuple[ShardEn
         ids = np.load(os.path.join(snap, "ids.npy"))
         vectors = np.load(os.path.join(snap, "vectors.npy"))
         engine = ShardEngine(config, initial_capacity=max(1024, ids.size))
+        payload = None
+        if os.path.exists(os.path.join(snap, PAYLOAD_FILE)):
+            with open(os.path.join(snap, PAYLOAD_FILE), "rb") as f:
+                payload = decode_columns(f.read())[0]
         if ids.size:
-            engine.upsert(ids, vectors)
+            engine.upsert(ids, vectors, payload)
         if ann is not None:
             ann.load_problem = ann.load(snap, int(ids.size))
     elif ann is not None:
@@ -233,9 +255,21 @@ def _replay(engine: ShardEngine, records: list, ann=None) -> None:
 
     A merged run means the same as its records one by one: within an upsert
     batch the last occurrence of an id wins, and deletes commute with deletes.
+    Records carrying payloads are applied one at a time.
     """
     i = 0
     while i < len(records):
+        r = records[i]
+        if r.op in (OP_UPSERT_PAYLOAD, OP_SET_PAYLOAD):
+            columns = decode_columns(r.columns)[0]
+            if r.op == OP_SET_PAYLOAD:
+                engine.set_payload(r.ids, columns)
+            else:
+                engine.upsert(r.ids, r.vectors, columns)
+                if ann is not None:
+                    ann.upsert(r.ids, r.vectors, engine)
+            i += 1
+            continue
         j = i
         while j < len(records) and records[j].op == records[i].op:
             j += 1

@@ -4,6 +4,9 @@ Record layout (little-endian):
 
     header  16 bytes: magic u32 | payload length u32 | crc32(payload) u32 | crc32(first 12 bytes) u32
     payload op u8 | rows u64 | dim u32 | ids (rows x u64) | vectors (rows x dim x f32, upserts only)
+            | payload columns (ops 3 and 4: the rest of the record, payload.encode_columns)
+
+Ops: 1 upsert, 2 delete, 3 upsert with payloads, 4 set payload (ids + columns).
 
 Reading tells a torn tail from corruption. A crash mid-append leaves a prefix
 of the last record: a header cut short, a payload cut short, or (on file
@@ -42,7 +45,9 @@ log = logging.getLogger("nestvec.shard")
 MAGIC = 0x4E565731  # "NVW1"
 _HEADER = struct.Struct("<IIII")
 _PAYLOAD_HEAD = struct.Struct("<BQI")
-OP_UPSERT, OP_DELETE = 1, 2
+OP_UPSERT, OP_DELETE, OP_UPSERT_PAYLOAD, OP_SET_PAYLOAD = 1, 2, 3, 4
+_WITH_VECTORS = (OP_UPSERT, OP_UPSERT_PAYLOAD)
+_OPS = (OP_UPSERT, OP_DELETE, OP_UPSERT_PAYLOAD, OP_SET_PAYLOAD)
 FSYNC_POLICIES = ("always", "batch", "none")
 
 
@@ -73,14 +78,17 @@ class WalRecord:
     op: int
     ids: np.ndarray
     vectors: np.ndarray | None  # [rows, dim] float32 for upserts
+    columns: memoryview | None = None  # encoded payload columns (ops 3 and 4)
 
 
-def encode_record(op: int, ids: np.ndarray, vectors: np.ndarray | None = None) -> bytes:
+def encode_record(op: int, ids: np.ndarray, vectors: np.ndarray | None = None,
+                  columns: bytes = b"") -> bytes:
     ids = np.ascontiguousarray(ids, dtype="<u8")
     dim = 0 if vectors is None else vectors.shape[1]
     parts = [_PAYLOAD_HEAD.pack(op, ids.size, dim), ids.tobytes()]
     if vectors is not None:
         parts.append(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+    parts.append(columns)
     payload = b"".join(parts)
     head = struct.pack("<III", MAGIC, len(payload), zlib.crc32(payload))
     return head + struct.pack("<I", zlib.crc32(head)) + payload
@@ -91,11 +99,12 @@ def _decode_payload(payload) -> WalRecord:
     op, rows, dim = _PAYLOAD_HEAD.unpack_from(payload)
     at = _PAYLOAD_HEAD.size
     ids = np.frombuffer(payload, dtype="<u8", count=rows, offset=at)
-    vectors = None
-    if op == OP_UPSERT:
-        vectors = np.frombuffer(payload, dtype="<f4", count=rows * dim,
-                                offset=at + 8 * rows).reshape(rows, dim)
-    return WalRecord(op, ids, vectors)
+    vectors, at = None, at + 8 * rows
+    if op in _WITH_VECTORS:
+        vectors = np.frombuffer(payload, dtype="<f4", count=rows * dim, offset=at).reshape(rows, dim)
+        at += 4 * rows * dim
+    columns = payload[at:] if op in (OP_UPSERT_PAYLOAD, OP_SET_PAYLOAD) else None
+    return WalRecord(op, ids, vectors, columns)
 
 
 def read_log(path: str) -> tuple[list[WalRecord], int]:
@@ -119,6 +128,8 @@ def read_log(path: str) -> tuple[list[WalRecord], int]:
             if body + length < end or not _unwritten_tail(data, off):
                 raise WalCorruption(path, off, "a complete record fails its checksum")
             break  # its last blocks never landed: a crash during the append
+        if data[body] not in _OPS:  # a checksummed record this code cannot read
+            raise WalCorruption(path, off, f"unknown record op {data[body]} (written by a newer nestvec?)")
         records.append(_decode_payload(data[body: body + length]))
         off = body + length
     return records, end - off
@@ -173,8 +184,9 @@ class WalWriter:
         if fsync == "batch":
             threading.Thread(target=self._flusher, daemon=True, name="wal-fsync").start()
 
-    def append(self, op: int, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
-        rec = encode_record(op, ids, vectors)
+    def append(self, op: int, ids: np.ndarray, vectors: np.ndarray | None = None,
+               columns: bytes = b"") -> None:
+        rec = encode_record(op, ids, vectors, columns)
         with self._lock:
             if self.failure is not None:
                 self._resume_locked()  # raises WalWriteError while the disk still fails

@@ -84,6 +84,16 @@ class VectorSearchStub:
                 request_serializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.SerializeToString,
                 response_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.FromString,
                 _registered_method=True)
+        self.SetPayload = channel.unary_unary(
+                '/nestvec.v1.VectorSearch/SetPayload',
+                request_serializer=nestvec_dot_v1_dot_nestvec__pb2.SetPayloadRequest.SerializeToString,
+                response_deserializer=nestvec_dot_v1_dot_nestvec__pb2.SetPayloadResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/nestvec.v1.VectorSearch/Count',
+                request_serializer=nestvec_dot_v1_dot_nestvec__pb2.CountRequest.SerializeToString,
+                response_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CountResponse.FromString,
+                _registered_method=True)
 
 
 class VectorSearchServicer:
@@ -151,6 +161,20 @@ class VectorSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPayload(self, request, context):
+        """Change some payload fields of stored rows, vectors untouched (docs/filters.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """Rows matching a filter (all live rows without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +227,16 @@ def add_VectorSearchServicer_to_server(servicer, server):
                     servicer.CreateIndex,
                     request_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.FromString,
                     response_serializer=nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.SerializeToString,
+            ),
+            'SetPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPayload,
+                    request_deserializer=nestvec_dot_v1_dot_nestvec__pb2.SetPayloadRequest.FromString,
+                    response_serializer=nestvec_dot_v1_dot_nestvec__pb2.SetPayloadResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=nestvec_dot_v1_dot_nestvec__pb2.CountRequest.FromString,
+                    response_serializer=nestvec_dot_v1_dot_nestvec__pb2.CountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +509,60 @@ class VectorSearch:
             '/nestvec.v1.VectorSearch/CreateIndex',
             nestvec_dot_v1_dot_nestvec__pb2.CreateIndexRequest.SerializeToString,
             nestvec_dot_v1_dot_nestvec__pb2.CreateIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nestvec.v1.VectorSearch/SetPayload',
+            nestvec_dot_v1_dot_nestvec__pb2.SetPayloadRequest.SerializeToString,
+            nestvec_dot_v1_dot_nestvec__pb2.SetPayloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nestvec.v1.VectorSearch/Count',
+            nestvec_dot_v1_dot_nestvec__pb2.CountRequest.SerializeToString,
+            nestvec_dot_v1_dot_nestvec__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,

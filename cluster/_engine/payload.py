@@ -1,0 +1,635 @@
+"""Payloads: typed per-row attributes of a shard, their checks, filters as row masks,
+and their write-ahead-log encoding. Pure numpy (docs/filters.md).
+
+Forms:
+- A batch's values for one field travel as a `Column` (one entry per row, a
+  presence flag per row); a write is a {field: Column} dict.
+- A filter is a nested list, JSON-able, put in canonical form by `check_filter`:
+  ["and", [f, ...]], ["or", [f, ...]], ["not", f], ["eq", field, value],
+  ["in", field, [values]], ["range", field, gt, gte, lt, lte], ["exists", field].
+  A row without a value for a field matches no eq / in / range on it.
+
+Storage (`PayloadStore`, row-aligned with the shard engine's rows): keyword fields
+as int32 codes into a per-field vocabulary (-1: no value), so equality and `in`
+are one vectorised comparison; numbers as int64 / float64 with a presence mask;
+booleans as int8 (-1: no value); keyword lists as a table of (row, code) pairs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from nestvec.errors import InvalidArgument
+
+TYPES = ("keyword", "keywords", "int", "float", "bool")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class PayloadLimits:
+    max_fields: int = 64
+    max_keyword_bytes: int = 1024
+    max_list_len: int = 256
+    max_filter_depth: int = 16
+    max_filter_nodes: int = 1024
+    max_in_values: int = 1024
+
+
+PAYLOAD_LIMITS = PayloadLimits()
+
+
+@dataclass
+class Column:
+    type: str                       # one of TYPES
+    values: np.ndarray              # keyword: object (str) per row; keywords: object (str), all rows' lists
+    present: np.ndarray             # bool per row; entries of rows without a value are ignored
+    offsets: np.ndarray | None = None  # keywords: int64 [rows + 1], row i = values[offsets[i]:offsets[i+1]]
+
+    def __len__(self) -> int:
+        return int(self.present.size)
+
+
+# ----- building and slicing columns -------------------------------------------------
+def column_from_values(kind: str, values: list) -> Column:
+    """A column from Python values, None = no value (keywords: a list of str per row)."""
+    present = np.array([v is not None for v in values], dtype=bool)
+    if kind == "keywords":
+        lists = [list(v) if v is not None else [] for v in values]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+        flat = np.empty(int(offsets[-1]), dtype=object)
+        flat[:] = [x for lst in lists for x in lst]
+        return Column(kind, flat, present, offsets)
+    if kind == "keyword":
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = [v if v is not None else "" for v in values]
+        return Column(kind, arr, present)
+    dtype = {"int": np.int64, "float": np.float64, "bool": bool}[kind]
+    fill = {"int": 0, "float": 0.0, "bool": False}[kind]
+    return Column(kind, np.array([v if v is not None else fill for v in values], dtype=dtype), present)
+
+
+def column_to_values(col: Column) -> list:
+    if col.type == "keywords":
+        return [list(col.values[col.offsets[i]:col.offsets[i + 1]]) if p else None
+                for i, p in enumerate(col.present.tolist())]
+    return [v if p else None for v, p in zip(col.values.tolist(), col.present.tolist())]
+
+
+def missing_column(kind: str, rows: int) -> Column:
+    present = np.zeros(rows, dtype=bool)
+    if kind == "keywords":
+        return Column(kind, np.empty(0, dtype=object), present, np.zeros(rows + 1, dtype=np.int64))
+    if kind == "keyword":
+        values = np.empty(rows, dtype=object)
+        values[:] = ""
+        return Column(kind, values, present)
+    return Column(kind, np.zeros(rows, dtype={"int": np.int64, "float": np.float64, "bool": bool}[kind]),
+                  present)
+
+
+def take_rows(col: Column, idx) -> Column:
+    """The column's rows `idx` (repeats allowed; -1: a row without a value)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    gone = idx < 0
+    safe = np.where(gone, 0, idx) if col.present.size else np.zeros_like(idx)
+    if col.present.size == 0:
+        return missing_column(col.type, idx.size)
+    present = col.present[safe] & ~gone
+    if col.type != "keywords":
+        return Column(col.type, col.values[safe], present)
+    lengths = np.diff(col.offsets)[safe]
+    lengths[gone] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    starts = col.offsets[:-1][safe]
+    within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    return Column(col.type, col.values[np.repeat(starts, lengths) + within], present, offsets)
+
+
+def take_columns(columns: dict | None, idx) -> dict | None:
+    if columns is None:
+        return None
+    return {name: take_rows(c, idx) for name, c in columns.items()}
+
+
+def concat_columns(parts: list[tuple[int, dict]], schema: dict[str, str],
+                   fields: list[str] | None = None) -> dict[str, Column]:
+    """(rows, columns) parts one after another; a part without a field has no values
+    for it. `fields`: these (in this order), else every field any part has."""
+    names = list(fields) if fields else list(dict.fromkeys(n for _, cols in parts for n in cols))
+    out = {}
+    for name in names:
+        kind = schema.get(name) or next(c[name].type for _, c in parts if name in c)
+        cols = [c.get(name) or missing_column(kind, n) for n, c in parts]
+        present = np.concatenate([c.present for c in cols]) if cols else np.zeros(0, bool)
+        if kind == "keywords":
+            values = np.concatenate([c.values for c in cols]) if cols else np.empty(0, object)
+            lengths = np.concatenate([np.diff(c.offsets) for c in cols]) if cols else np.zeros(0, np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            out[name] = Column(kind, values.astype(object), present, offsets)
+        else:
+            values = (np.concatenate([c.values for c in cols]) if cols
+                      else missing_column(kind, 0).values)
+            if kind == "float":
+                values = values.astype(np.float64)
+            out[name] = Column(kind, values, present)
+    return out
+
+
+# ----- checks -----------------------------------------------------------------------
+def check_schema(schema: dict, limits: PayloadLimits = PAYLOAD_LIMITS) -> dict[str, str]:
+    out = {}
+    for name, kind in dict(schema).items():
+        _check_name(name)
+        kind = str(kind).lower()
+        if kind not in TYPES:
+            raise InvalidArgument(f"payload field {name!r}: unknown type {kind!r} (use {', '.join(TYPES)})")
+        out[name] = kind
+    if len(out) > limits.max_fields:
+        raise InvalidArgument(f"{len(out)} payload fields is above the limit of {limits.max_fields}")
+    return out
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgument(f"payload field name {name!r} is invalid: use 1-64 characters from "
+                              "letters, digits, '_', '.', '-', starting with a letter or '_'")
+
+
+def check_columns(columns: dict[str, Column], n: int, schema: dict[str, str],
+                  limits: PayloadLimits = PAYLOAD_LIMITS) -> dict[str, str]:
+    """Check a write's columns for `n` rows against the collection's fields; returns the
+    fields it would add (name -> type). An "int" column for a "float" field is accepted
+    (and converted when stored); every other type change is refused."""
+    new = {}
+    for name, col in columns.items():
+        _check_name(name)
+        if col.type not in TYPES:
+            raise InvalidArgument(f"payload field {name!r}: unknown type {col.type!r}")
+        declared = schema.get(name)
+        if not col.present.any():
+            pass  # no values (all cleared): any type says that, and it declares nothing
+        elif declared is None:
+            new[name] = col.type
+        elif declared != col.type and not (declared == "float" and col.type == "int"):
+            raise InvalidArgument(f"payload field {name!r} is {declared}, got {col.type} values")
+        if col.present.size != n:
+            raise InvalidArgument(f"payload field {name!r}: {col.present.size} entries for {n} rows")
+        if col.type == "keywords":
+            if col.offsets is None or col.offsets.size != n + 1 or col.offsets[-1] != col.values.size \
+                    or (np.diff(col.offsets) < 0).any():
+                raise InvalidArgument(f"payload field {name!r}: list offsets do not match its values")
+            longest = int(np.diff(col.offsets).max()) if n else 0
+            if longest > limits.max_list_len:
+                raise InvalidArgument(f"payload field {name!r}: a list of {longest} keywords is above "
+                                      f"the limit of {limits.max_list_len}")
+            _check_keywords(name, col.values, limits)
+        else:
+            if col.values.size != n:
+                raise InvalidArgument(f"payload field {name!r}: {col.values.size} values for {n} rows")
+            if col.type == "keyword":
+                _check_keywords(name, col.values[col.present], limits)
+            elif col.type == "float" and not np.isfinite(col.values[col.present]).all():
+                raise InvalidArgument(f"payload field {name!r}: values must be finite (no NaN or inf)")
+    if len(schema) + len(new) > limits.max_fields:
+        raise InvalidArgument(f"{len(schema) + len(new)} payload fields is above the limit of "
+                              f"{limits.max_fields}")
+    return new
+
+
+def _check_keywords(name: str, values: np.ndarray, limits: PayloadLimits) -> None:
+    for v in values.tolist():  # per keyword, at write time only (validation, not search)
+        if not isinstance(v, str) or not v:
+            raise InvalidArgument(f"payload field {name!r}: keywords must be non-empty strings, got {v!r}")
+        if len(v) * 4 > limits.max_keyword_bytes and len(v.encode()) > limits.max_keyword_bytes:
+            raise InvalidArgument(f"payload field {name!r}: a keyword of {len(v.encode())} bytes is above "
+                                  f"the limit of {limits.max_keyword_bytes}")
+
+
+def check_filter(f, schema: dict[str, str], limits: PayloadLimits = PAYLOAD_LIMITS) -> list:
+    """A filter checked against the collection's fields, in canonical form."""
+    count = [0]
+    return _check_node(f, schema, limits, 1, count)
+
+
+def filter_key(canonical: list) -> str:
+    return json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+
+
+def _check_node(f, schema, limits, depth, count) -> list:
+    if depth > limits.max_filter_depth:
+        raise InvalidArgument(f"filter is nested more than {limits.max_filter_depth} levels deep")
+    count[0] += 1
+    if count[0] > limits.max_filter_nodes:
+        raise InvalidArgument(f"filter has more than {limits.max_filter_nodes} conditions")
+    if not isinstance(f, (list, tuple)) or not f:
+        raise InvalidArgument(f"malformed filter node {f!r}")
+    op = f[0]
+    if op in ("and", "or"):
+        if len(f) != 2 or not isinstance(f[1], (list, tuple)) or not f[1]:
+            raise InvalidArgument(f"filter '{op}' needs a non-empty list of conditions")
+        return [op, [_check_node(x, schema, limits, depth + 1, count) for x in f[1]]]
+    if op == "not":
+        if len(f) != 2:
+            raise InvalidArgument("filter 'not' takes one condition")
+        return ["not", _check_node(f[1], schema, limits, depth + 1, count)]
+    if op not in ("eq", "in", "range", "exists") or len(f) < 2:
+        raise InvalidArgument(f"unknown filter operator {op!r}")
+    field = f[1]
+    kind = schema.get(field) if isinstance(field, str) else None
+    if kind is None:
+        raise InvalidArgument(f"unknown payload field {field!r} (fields: {', '.join(sorted(schema)) or 'none'})")
+    if op == "exists":
+        return ["exists", field]
+    if op == "eq":
+        if len(f) != 3:
+            raise InvalidArgument(f"filter eq on {field!r} takes one value")
+        return ["eq", field, _value(field, kind, f[2])]
+    if op == "in":
+        if len(f) != 3 or not isinstance(f[2], (list, tuple)):
+            raise InvalidArgument(f"filter in on {field!r} takes a list of values")
+        if len(f[2]) > limits.max_in_values:
+            raise InvalidArgument(f"filter in on {field!r} has {len(f[2])} values, above the limit "
+                                  f"of {limits.max_in_values}")
+        values = {_value(field, kind, v) for v in f[2]}
+        return ["in", field, sorted(values, key=lambda v: (str(type(v)), v))]
+    if kind not in ("int", "float"):
+        raise InvalidArgument(f"a range needs a number field; {field!r} is {kind}")
+    if len(f) != 6:
+        raise InvalidArgument(f"filter range on {field!r} takes gt, gte, lt, lte")
+    bounds = []
+    for b in f[2:]:
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or
+                              (isinstance(b, float) and math.isnan(b))):
+            raise InvalidArgument(f"range bounds on {field!r} must be numbers, got {b!r}")
+        bounds.append(b)
+    if all(b is None for b in bounds):
+        raise InvalidArgument(f"range on {field!r} has no bound: set gt, gte, lt or lte")
+    return ["range", field, *bounds]
+
+
+def _value(field: str, kind: str, v):
+    if kind in ("keyword", "keywords"):
+        if not isinstance(v, str):
+            raise InvalidArgument(f"payload field {field!r} is {kind}: compare it with strings, got {v!r}")
+        return v
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise InvalidArgument(f"payload field {field!r} is bool: compare it with true/false, got {v!r}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidArgument(f"payload field {field!r} is {kind}: compare it with numbers, got {v!r}")
+    if kind == "int":
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise InvalidArgument(f"payload field {field!r} is int: {v} is not an integer")
+            v = int(v)
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InvalidArgument(f"payload field {field!r}: {v} is not a finite number")
+    return float(v)
+
+
+# ----- storage ----------------------------------------------------------------------
+class _Field:
+    """One field's values over the shard's rows."""
+
+    def __init__(self, kind: str, size: int):
+        self.kind = kind
+        self.vocab: dict[str, int] = {}
+        self.words: list[str] = []
+        if kind in ("keyword", "bool"):
+            self.data = np.full(size, -1, dtype=np.int32 if kind == "keyword" else np.int8)
+        elif kind in ("int", "float"):
+            self.data = np.zeros(size, dtype=np.int64 if kind == "int" else np.float64)
+            self.present = np.zeros(size, dtype=bool)
+        else:  # keywords: (row, code) pairs; has: the row has a list (maybe empty)
+            self.has = np.zeros(size, dtype=bool)
+            self.pair_rows = np.empty(0, dtype=np.int64)
+            self.pair_codes = np.empty(0, dtype=np.int32)
+            self.dead = 0
+
+    def size(self) -> int:
+        return (self.has if self.kind == "keywords" else self.data).size
+
+    def grow(self, size: int) -> None:
+        old = self.size()
+        if size <= old:
+            return
+        def g(a, fill):
+            out = np.full(size, fill, dtype=a.dtype)
+            out[:old] = a
+            return out
+        if self.kind == "keywords":
+            self.has = g(self.has, False)
+        elif self.kind in ("keyword", "bool"):
+            self.data = g(self.data, -1)
+        else:
+            self.data, self.present = g(self.data, 0), g(self.present, False)
+
+    def codes(self, words) -> np.ndarray:
+        out = np.empty(len(words), dtype=np.int32)
+        for i, w in enumerate(words):  # per distinct keyword only: a dict lookup
+            c = self.vocab.get(w)
+            if c is None:
+                c = self.vocab[w] = len(self.words)
+                self.words.append(w)
+            out[i] = c
+        return out
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        uniq, inverse = np.unique(values.astype(str), return_inverse=True) if values.size else \
+            (np.empty(0, dtype=str), np.empty(0, dtype=np.int64))
+        return self.codes(uniq.tolist())[inverse] if values.size else np.empty(0, np.int32)
+
+    def clear(self, rows: np.ndarray) -> None:
+        rows = rows[rows < self.size()]
+        if self.kind == "keywords":
+            self._drop_pairs(rows)
+            self.has[rows] = False
+        elif self.kind in ("keyword", "bool"):
+            self.data[rows] = -1
+        else:
+            self.present[rows] = False
+
+    def _drop_pairs(self, rows: np.ndarray) -> None:
+        if self.pair_rows.size and rows.size:
+            keep = ~np.isin(self.pair_rows, rows)
+            self.dead += int((~keep).sum())
+            self.pair_rows, self.pair_codes = self.pair_rows[keep], self.pair_codes[keep]
+
+    def write(self, rows: np.ndarray, col: Column) -> None:
+        self.grow(int(rows.max()) + 1 if rows.size else 0)
+        p = col.present
+        if self.kind == "keywords":
+            self._drop_pairs(rows)
+            self.has[rows] = p
+            lengths = np.diff(col.offsets)
+            lengths = np.where(p, lengths, 0)
+            keep = np.repeat(p, np.diff(col.offsets))
+            words = col.values[keep]
+            self.pair_rows = np.concatenate([self.pair_rows, np.repeat(rows, lengths)])
+            self.pair_codes = np.concatenate([self.pair_codes, self.encode(words)])
+        elif self.kind == "keyword":
+            codes = np.full(rows.size, -1, dtype=np.int32)
+            codes[p] = self.encode(col.values[p])
+            self.data[rows] = codes
+        elif self.kind == "bool":
+            self.data[rows] = np.where(p, col.values.astype(np.int8), -1)
+        else:
+            self.data[rows] = col.values.astype(self.data.dtype)
+            self.present[rows] = p
+
+    def take(self, keep: np.ndarray) -> None:
+        if self.kind == "keywords":
+            old = self.size()
+            new_of = np.full(max(old, 1), -1, dtype=np.int64)
+            inside = keep[keep < old]
+            new_of[inside] = np.flatnonzero(keep < old)
+            self.grow(int(keep.max()) + 1 if keep.size else 0)
+            self.has = self.has[keep]
+            rows = new_of[np.minimum(self.pair_rows, max(old, 1) - 1)]
+            ok = rows >= 0
+            self.pair_rows, self.pair_codes, self.dead = rows[ok], self.pair_codes[ok], 0
+            return
+        self.grow(int(keep.max()) + 1 if keep.size else 0)
+        self.data = self.data[keep]
+        if self.kind in ("int", "float"):
+            self.present = self.present[keep]
+
+    def read(self, rows: np.ndarray) -> Column:
+        n = self.size()
+        inside = rows < n
+        safe = np.where(inside, rows, 0)
+        if self.kind == "keywords":
+            present = np.zeros(rows.size, dtype=bool)
+            if n:
+                present = self.has[safe] & inside
+            # pairs of the asked rows, grouped by the asked position, in insertion order
+            sel = np.flatnonzero(np.isin(self.pair_rows, rows[present]))
+            prow = self.pair_rows[sel]
+            order = np.argsort(prow, kind="stable")
+            prow, pcode = prow[order], self.pair_codes[sel][order]
+            lo = np.searchsorted(prow, rows, side="left")
+            hi = np.searchsorted(prow, rows, side="right")
+            lengths = np.where(present, hi - lo, 0)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+            codes = pcode[np.repeat(lo, lengths) + within]
+            words = np.array(self.words, dtype=object)
+            values = words[codes] if codes.size else np.empty(0, dtype=object)
+            return Column("keywords", values.astype(object), present, offsets)
+        if self.kind == "keyword":
+            codes = np.where(inside, self.data[safe] if n else -1, -1)
+            words = np.array(self.words + [""], dtype=object)
+            return Column("keyword", words[codes], codes >= 0)
+        if self.kind == "bool":
+            v = np.where(inside, self.data[safe] if n else -1, -1)
+            return Column("bool", v == 1, v >= 0)
+        present = np.where(inside, self.present[safe] if n else False, False)
+        return Column(self.kind, self.data[safe] if n else np.zeros(rows.size, self.data.dtype), present)
+
+    # --- masks over rows 0..n-1 ---
+    def exists(self, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        m = min(n, self.size())
+        if self.kind == "keywords":
+            out[:m] = self.has[:m]
+        elif self.kind in ("keyword", "bool"):
+            out[:m] = self.data[:m] >= 0
+        else:
+            out[:m] = self.present[:m]
+        return out
+
+    def one_of(self, values: list, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        m = min(n, self.size())
+        if self.kind in ("keyword", "keywords"):
+            codes = [self.vocab[v] for v in values if v in self.vocab]
+            if not codes:
+                return out
+            if self.kind == "keyword":
+                out[:m] = np.isin(self.data[:m], codes)
+            else:
+                rows = self.pair_rows[np.isin(self.pair_codes, codes)]
+                out[rows[rows < n]] = True
+            return out
+        if self.kind == "bool":
+            out[:m] = np.isin(self.data[:m], [int(v) for v in values])
+            return out
+        if self.kind == "int":
+            ints = [v for v in values if _I64_MIN <= v <= _I64_MAX]
+            out[:m] = self.present[:m] & np.isin(self.data[:m], np.array(ints, dtype=np.int64))
+            return out
+        out[:m] = self.present[:m] & np.isin(self.data[:m], np.array(values, dtype=np.float64))
+        return out
+
+    def in_range(self, gt, gte, lt, lte, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        m = min(n, self.size())
+        v = self.data[:m]
+        ok = self.present[:m].copy()
+        if self.kind == "int":  # integer bounds, computed exactly (no float rounding of the values)
+            lo, hi = _I64_MIN, _I64_MAX
+            if gt is not None:
+                lo = max(lo, math.floor(gt) + 1)
+            if gte is not None:
+                lo = max(lo, math.ceil(gte))
+            if lt is not None:
+                hi = min(hi, math.ceil(lt) - 1)
+            if lte is not None:
+                hi = min(hi, math.floor(lte))
+            if lo > hi or lo > _I64_MAX or hi < _I64_MIN:
+                return out
+            ok &= (v >= np.int64(lo)) & (v <= np.int64(hi))
+        else:
+            for bound, cmp in ((gt, np.greater), (gte, np.greater_equal), (lt, np.less), (lte, np.less_equal)):
+                if bound is not None:
+                    ok &= cmp(v, float(bound))
+        out[:m] = ok
+        return out
+
+    def nbytes(self) -> int:
+        if self.kind == "keywords":
+            return self.has.nbytes + self.pair_rows.nbytes + self.pair_codes.nbytes
+        return self.data.nbytes + (self.present.nbytes if self.kind in ("int", "float") else 0)
+
+
+class PayloadStore:
+    """Every payload field of one shard, aligned with the engine's rows."""
+
+    def __init__(self):
+        self._fields: dict[str, _Field] = {}
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {name: f.kind for name, f in self._fields.items()}
+
+    def write(self, rows: np.ndarray, columns: dict[str, Column], replace: bool) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if replace:
+            for name, f in self._fields.items():
+                if name not in columns:
+                    f.clear(rows)
+        for name, col in columns.items():
+            f = self._fields.get(name)
+            if not col.present.any():  # a column of no values clears, whatever its type
+                if f is not None:
+                    f.clear(rows)
+                continue
+            if f is None:
+                f = self._fields[name] = _Field(col.type, 0)
+            if f.kind == "float" and col.type == "int":
+                col = Column("float", col.values.astype(np.float64), col.present)
+            f.write(rows, col)
+
+    def clear(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        for f in self._fields.values():
+            f.clear(rows)
+
+    def take(self, keep: np.ndarray) -> None:
+        keep = np.asarray(keep, dtype=np.int64)
+        for f in self._fields.values():
+            f.take(keep)
+
+    def read(self, rows: np.ndarray, fields: list[str] | None = None) -> dict[str, Column]:
+        rows = np.asarray(rows, dtype=np.int64)
+        names = [n for n in (fields if fields is not None else self._fields) if n in self._fields]
+        return {n: self._fields[n].read(rows) for n in names}
+
+    def mask(self, f: list, n: int) -> np.ndarray:
+        """bool[n]: rows 0..n-1 matching the canonical filter `f`."""
+        op = f[0]
+        if op == "and":
+            out = self.mask(f[1][0], n)
+            for x in f[1][1:]:
+                out &= self.mask(x, n)
+            return out
+        if op == "or":
+            out = self.mask(f[1][0], n)
+            for x in f[1][1:]:
+                out |= self.mask(x, n)
+            return out
+        if op == "not":
+            return ~self.mask(f[1], n)
+        field = self._fields.get(f[1])
+        if field is None:  # never written here: no row has a value
+            return np.zeros(n, dtype=bool)
+        if op == "exists":
+            return field.exists(n)
+        if op == "eq":
+            return field.one_of([f[2]], n)
+        if op == "in":
+            return field.one_of(list(f[2]), n)
+        if field.kind not in ("int", "float"):
+            return np.zeros(n, dtype=bool)
+        return field.in_range(*f[2:6], n)
+
+    def nbytes(self) -> int:
+        return sum(f.nbytes() for f in self._fields.values())
+
+
+# ----- log encoding -----------------------------------------------------------------
+_LEN = struct.Struct("<I")
+
+
+def _strings(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    blobs = [s.encode() for s in values.tolist()]
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype("<i8")
+    return b"".join(blobs), offsets
+
+
+def encode_columns(columns: dict[str, Column], n: int) -> bytes:
+    """A write's columns as bytes for the log: [u32 header length][JSON header][buffers]."""
+    header, buffers = {"rows": int(n), "fields": []}, []
+    for name, col in columns.items():
+        parts = {"present": np.ascontiguousarray(col.present, dtype=np.uint8).tobytes()}
+        if col.type in ("keyword", "keywords"):
+            vals = col.values if col.type == "keywords" else np.where(col.present, col.values, "")
+            blob, offs = _strings(np.asarray(vals, dtype=object))
+            parts["strings"], parts["string_offsets"] = blob, offs.tobytes()
+            if col.type == "keywords":
+                parts["offsets"] = np.ascontiguousarray(col.offsets, dtype="<i8").tobytes()
+        else:
+            dtype = {"int": "<i8", "float": "<f8", "bool": "u1"}[col.type]
+            parts["values"] = np.ascontiguousarray(col.values, dtype=dtype).tobytes()
+        header["fields"].append({"name": name, "type": col.type,
+                                 "parts": [[k, len(v)] for k, v in parts.items()]})
+        buffers.extend(parts.values())
+    head = json.dumps(header).encode()
+    return _LEN.pack(len(head)) + head + b"".join(buffers)
+
+
+def decode_columns(data) -> tuple[dict[str, Column], int]:
+    data = memoryview(data)
+    (hlen,) = _LEN.unpack_from(data)
+    header = json.loads(bytes(data[4:4 + hlen]))
+    at, out = 4 + hlen, {}
+    for fld in header["fields"]:
+        parts = {}
+        for key, size in fld["parts"]:
+            parts[key] = data[at:at + size]
+            at += size
+        present = np.frombuffer(parts["present"], dtype=np.uint8).astype(bool)
+        kind = fld["type"]
+        offsets = None
+        if kind in ("keyword", "keywords"):
+            blob = bytes(parts["strings"])
+            so = np.frombuffer(parts["string_offsets"], dtype="<i8")
+            values = np.empty(so.size - 1, dtype=object)
+            values[:] = [blob[so[i]:so[i + 1]].decode() for i in range(so.size - 1)]
+            if kind == "keywords":
+                offsets = np.frombuffer(parts["offsets"], dtype="<i8").astype(np.int64)
+        else:
+            dtype = {"int": "<i8", "float": "<f8", "bool": "u1"}[kind]
+            values = np.frombuffer(parts["values"], dtype=dtype).copy()
+            if kind == "bool":
+                values = values.astype(bool)
+        out[fld["name"]] = Column(kind, values, present, offsets)
+    return out, int(header["rows"])
