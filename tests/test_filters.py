@@ -309,3 +309,64 @@ def test_payloads_survive_kill9_and_restart(tmp_path, corpus):
                 server.wait(60)
             except Exception:
                 kill9([server.pid] + descendants(server.pid))
+
+
+def test_set_payload_and_delete_by_filter_race_concurrent_searches(gateway, corpus):
+    """Writers flip rows out of a filter (SetPayload) and delete groups by filter while
+    searches run: no search returns a row whose change was acknowledged before it began."""
+    import threading
+
+    n = 4000
+    docs = corpus["docs"][_spread(n)]
+    ids = np.arange(n)
+    name = f"frace-{uuid.uuid4().hex[:6]}"
+    acked: set[int] = set()  # ids out of the filter, acknowledged
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors, checked = [], [0]
+    with Client(gateway.address, timeout=60) as c:
+        c.create_collection(name, 384, "cosine", shards=2)
+        c.upsert(name, ids, docs, payload={"live": ["yes"] * n, "group": (ids % 40).tolist()})
+
+    def writer():
+        with Client(gateway.address, timeout=60) as c:
+            for g in range(20):  # groups 0..19: half flipped by SetPayload, half deleted
+                batch = ids[ids % 40 == g]
+                if g % 2:
+                    c.set_payload(name, batch, {"live": ["no"] * batch.size})
+                else:
+                    assert c.delete(name, filter={"group": g}) == batch.size
+                with lock:
+                    acked.update(batch.tolist())
+        stop.set()
+
+    def searcher(seed):
+        rng = np.random.default_rng(seed)
+        with Client(gateway.address, timeout=60) as c:
+            while not stop.is_set():
+                with lock:
+                    before = set(acked)
+                q = docs[rng.integers(0, n, 4)]
+                res = c.search(name, q, k=20, dim=64, filter={"live": "yes"})
+                bad = before & set(res.ids.ravel().tolist())
+                if bad:
+                    errors.append(sorted(bad)[:5])
+                checked[0] += 1
+
+    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join(120)
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert checked[0] > 20, checked  # the searches really overlapped the writes
+        with Client(gateway.address) as c:
+            assert c.count(name, {"live": "yes"}) == n - n // 2
+            assert c.count(name) == n - n // 4
+    finally:
+        with Client(gateway.address) as c:
+            c.drop_collection(name)
