@@ -665,3 +665,43 @@ def test_the_readme_curl_block_runs_as_written(server):
         with Client(server["address"]) as c:
             if "songs" in [i.name for i in c.list_collections()]:
                 c.drop_collection("songs")
+
+
+def test_payloads_and_filters_over_http_match_grpc(server):
+    """Upsert with payload columns, SetPayload, Count, a filtered search with payloads and
+    Delete by filter over HTTP/JSON: the same answers as the SDK over gRPC."""
+    name = f"hf-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(2)
+    docs = rng.standard_normal((300, 8)).astype(np.float32)
+    colors = [("red", "green", "blue")[i % 3] for i in range(300)]
+    with sdk(server) as c:
+        c.create_collection(name, 8, "cosine", shards=2)
+        try:
+            ok(server, "POST", f"/v1/collections/{name}/upsert?form=plain", {
+                "ids": list(range(300)), "vectors": docs.tolist(),
+                "payload": [{"name": "color", "type": "KEYWORD", "keywords": colors},
+                            {"name": "n", "type": "INTEGER", "integers": list(range(300))}]})
+            assert c.describe_collection(name).payload_schema == {"color": "keyword", "n": "int"}
+            got = ok(server, "POST", f"/v1/collections/{name}/set-payload", {
+                "ids": [0, 3, 999], "payload": [{"name": "color", "type": "KEYWORD",
+                                                 "keywords": ["green", "green", "green"]}]})
+            assert int(got["updated"]) == 2
+            flt = {"allOf": {"filters": [{"match": {"field": "color", "keyword": "red"}},
+                                         {"range": {"field": "n", "lt": 150}}]}}
+            assert int(ok(server, "POST", f"/v1/collections/{name}/count", {"filter": flt})["count"]) == \
+                c.count(name, {"color": "red", "n": {"$lt": 150}}) == 48
+            q = docs[:2]
+            http = search_result(ok(server, "POST", f"/v1/collections/{name}/search",
+                                    {"queries": packed(q), "k": 5, "filter": flt, "withPayload": True}))
+            grpc_res = c.search(name, q, k=5, filter={"color": "red", "n": {"$lt": 150}}, with_payload=True)
+            same_search(http, grpc_res)
+            assert http.payloads == grpc_res.payloads
+            assert all(p["color"] == "red" and p["n"] < 150 for row in http.payloads for p in row)
+            bad = http_error(server, "POST", f"/v1/collections/{name}/count",
+                             {"filter": {"match": {"field": "nope", "keyword": "x"}}})
+            assert bad["status"] == 400 and "unknown payload field" in bad["message"]
+            got = ok(server, "POST", f"/v1/collections/{name}/delete",
+                     {"filter": {"match": {"field": "color", "keyword": "blue"}}})
+            assert int(got["deleted"]) == 100 and c.count(name) == 200
+        finally:
+            c.drop_collection(name)
