@@ -370,3 +370,22 @@ def test_set_payload_and_delete_by_filter_race_concurrent_searches(gateway, corp
     finally:
         with Client(gateway.address) as c:
             c.drop_collection(name)
+
+
+def test_ray_jobs_filter_through_the_coordinator(coordinator, corpus):
+    """The coordinator a Ray job gets from nestvec.cluster.connect() takes the SDK's forms:
+    payload rows as dicts, filters as Mongo-style dicts."""
+    rows, docs = _rows(2000), corpus["docs"][_spread(2000)]
+    name = f"fjob-{uuid.uuid4().hex[:6]}"
+    coordinator.create_collection(name, 384, "cosine", shards=2)
+    try:
+        coordinator.upsert(name, np.arange(2000), docs, payload=rows)
+        f = {"pos": {"$in": ["verb", "adv"]}, "gloss_chars": {"$lt": 80}}
+        mask = np.array([_matches(r, f) for r in rows])
+        assert 0 < mask.sum() < 2000 and coordinator.count(name, f) == mask.sum()
+        q = corpus["queries"][:3]
+        res = coordinator.search(name, q, k=10, dim=128, filter=f, with_payload=True)
+        assert_matches_oracle(res.ids, res.scores, np.arange(2000)[mask], docs[mask], q, "cosine", 128, 10)
+        assert set(res.payload) >= {"pos", "gloss_chars"}
+    finally:
+        coordinator.drop_collection(name)

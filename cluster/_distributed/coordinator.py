@@ -260,7 +260,7 @@ class Coordinator:
         vectors = col.check_vectors(vectors, c.config, self.limits)
         ids = col.check_ids(ids, vectors.shape[0])
         if payload:
-            yield from self._declare_fields(c, payload, ids.size)
+            payload = yield from self._declare_fields(c, payload, ids.size)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         yield Fanout([(c.shards[s].upsert, (ids[p], vectors[p], pl.take_columns(payload, p)))
                       for s, p in parts], deadline=True)
@@ -274,7 +274,7 @@ class Coordinator:
         ids = col.check_ids(ids, limit=self.limits.max_ids)
         if not payload:
             raise InvalidArgument("SetPayload needs at least one payload field")
-        yield from self._declare_fields(c, payload, ids.size)
+        payload = yield from self._declare_fields(c, payload, ids.size)
         parts = [(s, p) for s, p in enumerate(split_by_shard(ids, c.config.shards)) if p.size]
         counts = yield Fanout([(c.shards[s].set_payload, (ids[p], pl.take_columns(payload, p)))
                                for s, p in parts], deadline=True)
@@ -464,10 +464,12 @@ class Coordinator:
 
     def _declare_fields(self, c: ShardSet, payload: dict, rows: int):
         """Sub-plan: check a write's payload columns against the collection's fields;
-        a field's first write declares its type in the catalog (shared by gateways)."""
+        a field's first write declares its type in the catalog (shared by gateways).
+        Returns the columns (a Ray job may pass rows as dicts, or value lists)."""
+        payload = pl.columns_from_python(payload, rows)
         new = pl.check_columns(payload, rows, c.config.schema)
         if not new:
-            return
+            return payload
         (cfg,) = yield Fanout([(self._catalog.add_payload_fields, (c.config.name, c.config.uid, new))])
         if cfg is None:
             raise NotFound(f"collection {c.config.name!r} does not exist")
@@ -475,15 +477,17 @@ class Coordinator:
             raise InvalidArgument(cfg)
         c.config = CollectionConfig.from_dict(cfg)
         pl.check_columns(payload, rows, c.config.schema)
+        return payload
 
     def _filter(self, c: ShardSet, filter):
         """Sub-plan: a filter checked against the collection's fields, as canonical JSON.
         A field unknown here may have been declared through another gateway: re-read once."""
+        f = pl.from_mongo(filter)  # Ray jobs may pass the SDK's dict form
         try:
-            return pl.filter_key(pl.check_filter(filter, c.config.schema))
+            return pl.filter_key(pl.check_filter(f, c.config.schema))
         except InvalidArgument:
             yield from self._refresh_config(c)
-            return pl.filter_key(pl.check_filter(filter, c.config.schema))
+            return pl.filter_key(pl.check_filter(f, c.config.schema))
 
     @staticmethod
     def _fields(c: ShardSet, names) -> list[str] | None:

@@ -633,3 +633,90 @@ def decode_columns(data) -> tuple[dict[str, Column], int]:
                 values = values.astype(bool)
         out[fld["name"]] = Column(kind, values, present, offsets)
     return out, int(header["rows"])
+
+
+# ----- Python forms, for Ray jobs calling the coordinator directly ----------------------
+_RANGE = {"$gt": 0, "$gte": 1, "$lt": 2, "$lte": 3}
+
+
+def from_mongo(f) -> list:
+    """The SDK's Mongo-style filter dict (docs/filters.md) in this module's form; a list
+    is taken to be that form already."""
+    if isinstance(f, (list, tuple)):
+        return list(f)
+    if not isinstance(f, dict) or not f:
+        raise InvalidArgument(f"a filter is a non-empty dict like {{'pos': 'noun'}}, got {f!r}")
+    parts = [_mongo_clause(k, v) for k, v in f.items()]
+    return parts[0] if len(parts) == 1 else ["and", parts]
+
+
+def _mongo_clause(key: str, value) -> list:
+    if key in ("$and", "$or"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise InvalidArgument(f"{key} takes a non-empty list of filters")
+        return [key[1:], [from_mongo(x) for x in value]]
+    if key == "$not":
+        return ["not", from_mongo(value)]
+    if key.startswith("$"):
+        raise InvalidArgument(f"unknown filter operator {key!r} at the top level")
+    if not isinstance(value, dict):
+        return ["eq", key, value]
+    conds, bounds = [], [None] * 4
+    for op, arg in value.items():
+        if op in _RANGE:
+            bounds[_RANGE[op]] = arg
+        elif op == "$eq":
+            conds.append(["eq", key, arg])
+        elif op == "$ne":
+            conds.append(["not", ["eq", key, arg]])
+        elif op in ("$in", "$nin"):
+            c = ["in", key, list(arg) if isinstance(arg, (list, tuple, set)) else arg]
+            conds.append(c if op == "$in" else ["not", c])
+        elif op == "$exists":
+            conds.append(["exists", key] if arg else ["not", ["exists", key]])
+        else:
+            raise InvalidArgument(f"unknown filter operator {op!r} on {key!r}")
+    if any(b is not None for b in bounds):
+        conds.append(["range", key, *bounds])
+    if not conds:
+        raise InvalidArgument(f"filter on {key!r} is an empty dict")
+    return conds[0] if len(conds) == 1 else ["and", conds]
+
+
+def columns_from_python(payload, rows: int) -> dict[str, Column]:
+    """A list of dicts (one per row) or a dict of value lists as Columns, types inferred
+    as the SDK infers them; a dict of Columns passes through."""
+    if isinstance(payload, dict) and all(isinstance(c, Column) for c in payload.values()):
+        return payload
+    if isinstance(payload, dict):
+        cols = {k: list(v) for k, v in payload.items()}
+    else:
+        rows_list = list(payload)
+        if len(rows_list) != rows:
+            raise InvalidArgument(f"payload has {len(rows_list)} rows for {rows} ids")
+        names = dict.fromkeys(k for r in rows_list for k in (r or {}))
+        cols = {n: [(r or {}).get(n) for r in rows_list] for n in names}
+    out = {}
+    for name, values in cols.items():
+        if len(values) != rows:
+            raise InvalidArgument(f"payload column {name!r} has {len(values)} values for {rows} rows")
+        kinds = {_python_type(name, v) for v in values if v is not None}
+        kind = "float" if kinds == {"int", "float"} else (kinds.pop() if len(kinds) == 1 else None)
+        if kind is None and kinds:
+            raise InvalidArgument(f"payload field {name!r} mixes types {sorted(kinds)}: one type per field")
+        out[name] = column_from_values(kind or "keyword", values)
+    return out
+
+
+def _python_type(name: str, v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, np.integer)):
+        return "int"
+    if isinstance(v, (float, np.floating)):
+        return "float"
+    if isinstance(v, str):
+        return "keyword"
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return "keywords"
+    raise InvalidArgument(f"payload field {name!r}: {type(v).__name__} values are not supported")
