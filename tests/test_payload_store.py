@@ -207,3 +207,33 @@ def test_an_int_column_fits_a_float_field_and_new_fields_are_reported():
     new = pl.check_columns({"x": pl.column_from_values("int", [1, 2]),
                             "fresh": pl.column_from_values("bool", [True, None])}, 2, SCHEMA)
     assert new == {"fresh": "bool"}
+
+
+def test_ints_against_a_float_field_compare_exactly():
+    """An int no float equals (2**53 + 1) matches no float; int bounds select exactly the
+    floats on their side; ints beyond every float and infinite bounds are handled."""
+    store = pl.PayloadStore()
+    vals = [9007199254740992.0, 9007199254740994.0, 1.5]  # 2**53, 2**53 + 2
+    store.write(np.arange(3), {"x": pl.column_from_values("float", vals)}, replace=True)
+    k = 2**53 + 1
+
+    def m(f):
+        return store.mask(pl.check_filter(f, SCHEMA), 3).tolist()
+    assert m(["eq", "x", k]) == [False, False, False]
+    assert m(["in", "x", [k, 2**53]]) == [True, False, False]
+    assert m(["range", "x", None, k, None, None]) == [False, True, False]   # >= 2**53 + 1
+    assert m(["range", "x", k, None, None, None]) == [False, True, False]   # >  2**53 + 1
+    assert m(["range", "x", None, None, k, None]) == [True, False, True]    # <  2**53 + 1
+    assert m(["range", "x", None, None, None, k]) == [True, False, True]    # <= 2**53 + 1
+    assert m(["range", "x", 10**400, None, None, None]) == [False, False, False]
+    assert m(["range", "x", None, None, 10**400, None]) == [True, True, True]
+    assert m(["eq", "x", 10**400]) == [False, False, False]
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(InvalidArgument, match="finite"):
+            pl.check_filter(["range", "n", None, None, bad, None], SCHEMA)
+
+
+def test_and_or_children_in_any_order_share_a_key():
+    a = pl.check_filter(["and", [["eq", "color", "red"], ["exists", "n"]]], SCHEMA)
+    b = pl.check_filter(["and", [["exists", "n"], ["eq", "color", "red"]]], SCHEMA)
+    assert pl.filter_key(a) == pl.filter_key(b)

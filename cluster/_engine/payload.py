@@ -233,7 +233,8 @@ def _check_node(f, schema, limits, depth, count) -> list:
     if op in ("and", "or"):
         if len(f) != 2 or not isinstance(f[1], (list, tuple)) or not f[1]:
             raise InvalidArgument(f"filter '{op}' needs a non-empty list of conditions")
-        return [op, [_check_node(x, schema, limits, depth + 1, count) for x in f[1]]]
+        parts = [_check_node(x, schema, limits, depth + 1, count) for x in f[1]]
+        return [op, sorted(parts, key=filter_key)]  # the order written does not change the key
     if op == "not":
         if len(f) != 2:
             raise InvalidArgument("filter 'not' takes one condition")
@@ -249,14 +250,15 @@ def _check_node(f, schema, limits, depth, count) -> list:
     if op == "eq":
         if len(f) != 3:
             raise InvalidArgument(f"filter eq on {field!r} takes one value")
-        return ["eq", field, _value(field, kind, f[2])]
+        v = _value(field, kind, f[2])
+        return ["eq", field, v] if v is not _NO_VALUE else ["in", field, []]
     if op == "in":
         if len(f) != 3 or not isinstance(f[2], (list, tuple)):
             raise InvalidArgument(f"filter in on {field!r} takes a list of values")
         if len(f[2]) > limits.max_in_values:
             raise InvalidArgument(f"filter in on {field!r} has {len(f[2])} values, above the limit "
                                   f"of {limits.max_in_values}")
-        values = {_value(field, kind, v) for v in f[2]}
+        values = {_value(field, kind, v) for v in f[2]} - {_NO_VALUE}
         return ["in", field, sorted(values, key=lambda v: (str(type(v)), v))]
     if kind not in ("int", "float"):
         raise InvalidArgument(f"a range needs a number field; {field!r} is {kind}")
@@ -265,12 +267,44 @@ def _check_node(f, schema, limits, depth, count) -> list:
     bounds = []
     for b in f[2:]:
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or
-                              (isinstance(b, float) and math.isnan(b))):
-            raise InvalidArgument(f"range bounds on {field!r} must be numbers, got {b!r}")
+                              (isinstance(b, float) and not math.isfinite(b))):
+            raise InvalidArgument(f"range bounds on {field!r} must be finite numbers, got {b!r}")
         bounds.append(b)
     if all(b is None for b in bounds):
         raise InvalidArgument(f"range on {field!r} has no bound: set gt, gte, lt or lte")
+    if kind == "float":
+        bounds = _float_bounds(*bounds)
     return ["range", field, *bounds]
+
+
+def _float_bounds(gt, gte, lt, lte) -> list:
+    """Integer bounds on a float field as float bounds that select exactly the same
+    floats: x = float(k) is the float nearest k, so no float lies strictly between
+    them, and v >= k (or v > k) is v >= x when x > k and v > x when x < k."""
+    out = [None, None, None, None]  # gt, gte, lt, lte
+    for i, b in enumerate((gt, gte, lt, lte)):
+        if b is None:
+            continue
+        x = _nearest_float(b)
+        if isinstance(b, float) or int(x) == b if math.isfinite(x) else False:
+            j = i
+        elif i < 2:  # a lower bound
+            j = 1 if x > b else 0
+        else:
+            j = 3 if x < b else 2
+        if out[j] is None or (out[j] < x if j < 2 else out[j] > x):
+            out[j] = x
+    return out
+
+
+def _nearest_float(b) -> float:
+    try:
+        return float(b)
+    except OverflowError:  # beyond every float: the bound is past them all
+        return math.inf if b > 0 else -math.inf
+
+
+_NO_VALUE = object()  # an int no float equals, compared with a float field: matches nothing
 
 
 def _value(field: str, kind: str, v):
@@ -290,9 +324,12 @@ def _value(field: str, kind: str, v):
                 raise InvalidArgument(f"payload field {field!r} is int: {v} is not an integer")
             v = int(v)
         return v
-    if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidArgument(f"payload field {field!r}: {v} is not a finite number")
-    return float(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise InvalidArgument(f"payload field {field!r}: {v} is not a finite number")
+        return v
+    x = _nearest_float(v)
+    return x if math.isfinite(x) and int(x) == v else _NO_VALUE  # exact, or no float equals it
 
 
 # ----- storage ----------------------------------------------------------------------
@@ -358,7 +395,8 @@ class _Field:
             self.present[rows] = False
 
     def _drop_pairs(self, rows: np.ndarray) -> None:
-        if self.pair_rows.size and rows.size:
+        # Appends of new rows (the usual upsert) have no pairs to drop: skip the scan.
+        if self.pair_rows.size and rows.size and rows.min() <= self.pair_rows.max():
             keep = ~np.isin(self.pair_rows, rows)
             self.dead += int((~keep).sum())
             self.pair_rows, self.pair_codes = self.pair_rows[keep], self.pair_codes[keep]
