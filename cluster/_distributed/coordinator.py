@@ -379,7 +379,7 @@ class Coordinator:
                     raise InvalidArgument(f"target_recall must be in (0, 1], got {target_recall}")
                 target_recall, funnel = None, None
                 chosen = planner.Schedule((), 1.0, 0.0)  # reported: the exact scan ran
-            ann = False
+                ann = False
         if target_recall:
             if funnel:
                 raise InvalidArgument("give either a funnel or target_recall, not both")

@@ -248,8 +248,8 @@ class ShardEngine:
         ids = np.sort(self._row_ids[self.filter_rows(filter_json)])
         return ids[:limit]
 
-    def _subset(self, plan: SearchPlan) -> np.ndarray | None:
-        return self.filter_rows(plan.filter) if plan.filter else None
+    def ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._row_ids[rows]
 
     def live_arrays(self, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps.

@@ -301,6 +301,8 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads: int |
     `threads`: the graph walk's (default: the shard's).
     Returns (ids [Q, M], keys [Q, M]) without stages, else keys [Q, M, stages+1].
     """
+    if plan.filter:
+        return _filtered_search_keys(engine, ann, queries, plan, threads)
     later = [d for d, _ in plan.stages] + [plan.dim]
     m = min(plan.ann_candidates, len(engine))
     n_q = queries.shape[0]
@@ -321,6 +323,49 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads: int |
     if short.size:
         ann.count_fallback(int(short.size))
         exact_ids, _ = engine.top_keys(queries[short], m, plan.dim)
+        _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
+        ids[short], keys[short] = exact_ids, exact_keys
+    return (ids, keys) if plan.stages else (ids, keys[..., 0])
+
+
+# Filtered ANN (docs/filters.md, "ANN"). A filter matching few rows is answered by an
+# exact scan of just those rows (cheaper than a walk and exact); otherwise the graph
+# is walked for candidates / selectivity ids, so about as many matching candidates
+# come back as an unfiltered walk gives, and the non-matching ones are dropped before
+# the exact re-rank. Queries left short of matching candidates fall back to the scan.
+FILTER_EXACT_ROWS = 2048     # at most this many matching rows: scan them (bench/bench_filters.py)
+FILTER_MAX_WALK = 4096       # a walk would need more candidates than this: scan instead
+
+
+def filtered_plan(matching: int, live: int, candidates: int) -> int:
+    """Candidates to walk for under a filter matching `matching` of `live` rows; 0 = scan."""
+    if matching <= FILTER_EXACT_ROWS or not live:
+        return 0
+    want = int(np.ceil(candidates * live / matching))
+    return want if want <= FILTER_MAX_WALK else 0
+
+
+def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads):
+    later = [d for d, _ in plan.stages] + [plan.dim]
+    rows = engine.filter_rows(plan.filter)
+    m = min(plan.ann_candidates, rows.size)
+    want = filtered_plan(rows.size, len(engine), plan.ann_candidates)
+    ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
+    if ids is None:  # the scan: exact over the matching rows
+        exact_ids, _ = engine.top_keys(queries, m, plan.dim, plan.filter)
+        _, keys = engine.rescore_ids(queries, exact_ids, later)
+        return (exact_ids, keys) if plan.stages else (exact_ids, keys[..., 0])
+    matching = np.sort(engine.ids_of_rows(rows))
+    pos = np.minimum(np.searchsorted(matching, ids), matching.size - 1)
+    found, keys = engine.rescore_ids(queries, ids, later)
+    ok = found & (matching[pos] == ids)
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :m]  # matching stored ids first, graph order
+    ids = np.take_along_axis(ids, order, axis=1)
+    keys = np.take_along_axis(keys, order[..., None], axis=1)
+    short = np.flatnonzero(ok.sum(axis=1) < m)
+    if short.size:
+        ann.count_fallback(int(short.size))
+        exact_ids, _ = engine.top_keys(queries[short], m, plan.dim, plan.filter)
         _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
         ids[short], keys[short] = exact_ids, exact_keys
     return (ids, keys) if plan.stages else (ids, keys[..., 0])
