@@ -236,9 +236,20 @@ class ShardEngine:
 
     def filter_rows(self, filter_json: str) -> np.ndarray:
         """Live rows matching a canonical filter (as JSON), ascending."""
+        return np.flatnonzero(self.filter_mask(filter_json))
+
+    def filter_mask(self, filter_json: str) -> np.ndarray:
+        """bool over rows 0..n-1: live and matching the canonical filter (as JSON)."""
         mask = self.payload.mask(json.loads(filter_json), self._n)
         mask &= self._alive[: self._n]
-        return np.flatnonzero(mask)
+        return mask
+
+    def stored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, stored mask) of ids of any shape; rows of ids not stored are 0."""
+        pos, found = self._lookup(ids.ravel())
+        rows = np.where(found, self._index_rows[np.minimum(pos, max(self._index_rows.size - 1, 0))]
+                        if self._index_rows.size else 0, 0)
+        return rows.reshape(ids.shape), found.reshape(ids.shape)
 
     def count(self, filter_json: str = "") -> int:
         return len(self) if not filter_json else int(self.filter_rows(filter_json).size)
@@ -247,9 +258,6 @@ class ShardEngine:
         """The `limit` smallest live ids matching the filter, ascending."""
         ids = np.sort(self._row_ids[self.filter_rows(filter_json)])
         return ids[:limit]
-
-    def ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._row_ids[rows]
 
     def live_arrays(self, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sorted live ids, their [n, dim] vectors): the state a snapshot keeps.

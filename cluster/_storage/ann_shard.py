@@ -328,41 +328,53 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads: int |
     return (ids, keys) if plan.stages else (ids, keys[..., 0])
 
 
-# Filtered ANN (docs/filters.md, "ANN"). A filter matching few rows is answered by an
-# exact scan of just those rows (cheaper than a walk and exact); otherwise the graph
-# is walked for candidates / selectivity ids, so about as many matching candidates
-# come back as an unfiltered walk gives, and the non-matching ones are dropped before
-# the exact re-rank. Queries left short of matching candidates fall back to the scan.
-FILTER_EXACT_ROWS = 2048     # at most this many matching rows: scan them (bench/bench_filters.py)
-FILTER_MAX_WALK = 4096       # a walk would need more candidates than this: scan instead
+# Filtered ANN (docs/filters.md, "ANN"). Each shard picks the cheaper side. The scan
+# scores only the matching rows (exact). The walk asks the graph for
+# FILTER_OVERSAMPLE x candidates / selectivity ids, so about as many matching
+# candidates come back as an unfiltered walk gives, drops the others and re-ranks the
+# rest exactly; a query left short of k matching candidates falls back to the scan.
+# Costs measured on corpusA (100k x 384, 128-dim graph, bench/bench_filters.py): a
+# walked candidate ~3.7 us (walk + exact re-rank), a scanned row ~0.26 us, so the
+# walk wins when it needs fewer than 1/14 as many candidates as there are matching
+# rows (at 100k rows and 80 candidates: above ~13k matching rows).
+WALK_COST_PER_SCANNED_ROW = 14   # one walked candidate costs this many scanned rows
+FILTER_EXACT_ROWS = 2048         # at most this many matching rows: always scan
+FILTER_MAX_WALK = 4096           # never walk for more candidates than this
+FILTER_OVERSAMPLE = 1.5          # walk a little past candidates / selectivity (fewer short queries)
 
 
 def filtered_plan(matching: int, live: int, candidates: int) -> int:
     """Candidates to walk for under a filter matching `matching` of `live` rows; 0 = scan."""
     if matching <= FILTER_EXACT_ROWS or not live:
         return 0
-    want = int(np.ceil(candidates * live / matching))
-    return want if want <= FILTER_MAX_WALK else 0
+    want = int(np.ceil(FILTER_OVERSAMPLE * candidates * live / matching))
+    if want > FILTER_MAX_WALK or want * WALK_COST_PER_SCANNED_ROW >= matching:
+        return 0
+    return want
 
 
 def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads):
     later = [d for d, _ in plan.stages] + [plan.dim]
-    rows = engine.filter_rows(plan.filter)
-    m = min(plan.ann_candidates, rows.size)
-    want = filtered_plan(rows.size, len(engine), plan.ann_candidates)
+    mask = engine.filter_mask(plan.filter)  # one vectorised pass; no sort per query
+    matching = int(mask.sum())
+    m = min(plan.ann_candidates, matching)
+    want = filtered_plan(matching, len(engine), plan.ann_candidates)
     ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
     if ids is None:  # the scan: exact over the matching rows
         exact_ids, _ = engine.top_keys(queries, m, plan.dim, plan.filter)
         _, keys = engine.rescore_ids(queries, exact_ids, later)
         return (exact_ids, keys) if plan.stages else (exact_ids, keys[..., 0])
-    matching = np.sort(engine.ids_of_rows(rows))
-    pos = np.minimum(np.searchsorted(matching, ids), matching.size - 1)
+    rows, stored = engine.stored_rows(ids)
     found, keys = engine.rescore_ids(queries, ids, later)
-    ok = found & (matching[pos] == ids)
+    ok = found & stored & mask[rows]
     order = np.argsort(~ok, axis=1, kind="stable")[:, :m]  # matching stored ids first, graph order
     ids = np.take_along_axis(ids, order, axis=1)
     keys = np.take_along_axis(keys, order[..., None], axis=1)
-    short = np.flatnonzero(ok.sum(axis=1) < m)
+    # A query with fewer than m but at least k matching candidates keeps them; the rest
+    # of its row ranks last (-inf at every stage), so no merge ever picks it (every
+    # shard's row holds k real candidates). Fewer than k: the scan answers it.
+    keys[~np.take_along_axis(ok, order, axis=1)] = -np.inf
+    short = np.flatnonzero(ok.sum(axis=1) < min(plan.k, m))
     if short.size:
         ann.count_fallback(int(short.size))
         exact_ids, _ = engine.top_keys(queries[short], m, plan.dim, plan.filter)
