@@ -16,7 +16,9 @@ at batch 1 and batch 32. Methods:
                    reaching recall 0.95 (else the best)
 - faiss-hnsw:      IndexHNSWFlat (inner product, normalised), SearchParametersHNSW with an
                    IDSelectorBitmap, same ef choice
-- exact-subset:    numpy: gather the matching rows, one product, argpartition
+- exact-subset:    numpy: gather the matching rows, one product, argpartition (the
+                   matching rows are computed once per filter, outside the timing: a
+                   lower bound, which pays nothing to evaluate the filter)
 
     .venv/bin/python bench/bench_filters.py                 # ~10 min on 2 cores (builds 3 graphs)
     .venv/bin/python bench/bench_filters.py --docs 20000 --queries 100   # smoke
@@ -185,18 +187,19 @@ def main() -> None:
                    "nestvec-funnel": nv(plan_for(funnel=[(64, 100)])),
                    "nestvec-ann": nv(ann_plan),
                    "exact-subset": exact_subset}
-        saved = (ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK)
+        saved = (ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK, ann_shard.WALK_COST_PER_SCANNED_ROW)
         row = {"filter": label, "where": f, "rows": int(match.size), "selectivity": sel,
                "planner": "walk" if ann_shard.filtered_plan(match.size, n, ann_plan.ann_candidates) else "scan"}
         for name, fn in methods.items():
             r1, found = timed(fn, queries, 1, ARGS.budget)
             r32, _ = timed(fn, queries, 32, ARGS.budget)
             row[name] = {"recall": recall(found, truth), "qps1": r1, "qps32": r32}
-        for side, limits in (("walk", (0, 10**9)), ("scan", (10**12, 0))):
-            ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK = limits
+        for side, limits in (("walk", (0, 10**9, 0)), ("scan", (10**12, 0, 10**9))):
+            (ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK,
+             ann_shard.WALK_COST_PER_SCANNED_ROW) = limits
             r1, found = timed(nv(ann_plan), queries, 1, ARGS.budget)
             row[f"nestvec-ann-{side}"] = {"recall": recall(found, truth), "qps1": r1}
-        ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK = saved
+        ann_shard.FILTER_EXACT_ROWS, ann_shard.FILTER_MAX_WALK, ann_shard.WALK_COST_PER_SCANNED_ROW = saved
         for name, make in (("hnswlib", hnsw_fn), ("faiss-hnsw", faiss_fn)):
             best = None
             for ef in EFS:
