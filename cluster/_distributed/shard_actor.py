@@ -193,13 +193,7 @@ class ShardActor:
         log records exactly which rows went (a replay does not re-evaluate the filter)."""
         _check_deadline(deadline)
         ids = self.engine.matching_ids(filter_json, len(self.engine))
-        if not ids.size:
-            return 0
-        if self.store:
-            return self.store.delete(ids)
-        n = self.engine.delete(ids)
-        self.ann.delete(ids, self.engine)
-        return n
+        return self._delete(ids) if ids.size else 0
 
     @_locked
     def count(self, filter_json: str = "", deadline: float | None = None) -> int:
@@ -221,14 +215,17 @@ class ShardActor:
                     deadline: float | None = None) -> tuple[np.ndarray, dict]:
         """(found mask in the order asked, payload columns of the found ids)."""
         _check_deadline(deadline)
-        found = self.engine.get(ids, 1)[0]
-        return found, self.engine.read_payload(ids[found], fields)
+        rows, found = self.engine.stored_rows(ids)
+        return found, self.engine.payload.read(rows[found], fields)
 
     @_locked
     def delete(self, ids: np.ndarray, deadline: float | None = None) -> int:
         _check_deadline(deadline)
+        return self._delete(ids)
+
+    def _delete(self, ids: np.ndarray) -> int:
         if self.store:
-            return self.store.delete(ids)
+            return self.store.delete(ids)  # the store keeps the graph in step
         n = self.engine.delete(ids)
         self.ann.delete(ids, self.engine)
         return n

@@ -231,8 +231,8 @@ class ShardEngine:
 
     def read_payload(self, ids: np.ndarray, fields: list[str] | None = None) -> dict[str, Column]:
         """Payload columns of stored `ids` (each must be stored: callers pass found ids)."""
-        pos, found = self._lookup(np.asarray(ids, dtype=np.uint64))
-        return self.payload.read(self._index_rows[pos[found]], fields)
+        rows, found = self.stored_rows(np.asarray(ids, dtype=np.uint64))
+        return self.payload.read(rows[found], fields)
 
     def filter_rows(self, filter_json: str) -> np.ndarray:
         """Live rows matching a canonical filter (as JSON), ascending."""
@@ -247,8 +247,8 @@ class ShardEngine:
     def stored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, stored mask) of ids of any shape; rows of ids not stored are 0."""
         pos, found = self._lookup(ids.ravel())
-        rows = np.where(found, self._index_rows[np.minimum(pos, max(self._index_rows.size - 1, 0))]
-                        if self._index_rows.size else 0, 0)
+        rows = np.zeros(found.shape, dtype=np.int64)
+        rows[found] = self._index_rows[pos[found]]
         return rows.reshape(ids.shape), found.reshape(ids.shape)
 
     def count(self, filter_json: str = "") -> int:
@@ -434,15 +434,11 @@ class ShardEngine:
         at that dim then at each of `later_dims`: [Q, keep, 1 + len(later_dims)].
         With a filter only matching rows are shortlisted (so every later stage sees only them)."""
         first_dim, first_keep = stage
-        if filter:
+        if filter:  # later stages sort
             subset = self.filter_rows(filter)
             cols, keys1 = self._best_subset_rows(queries, min(first_keep, subset.size), first_dim,
                                                  subset, sort=False)
-            out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
-            out[..., 0] = keys1
-            if later_dims and cols.size:
-                out[..., 1:] = self._rescore(queries, cols, later_dims)
-            return cols, out
+            return cols, self._with_later_keys(queries, cols, keys1, later_dims)
         keep = min(first_keep, len(self))
         lp = self._lowp.get(first_dim)
         wide = None if lp is None else self._lowp_rows(queries, min(len(self), lowp_overfetch(keep)), lp)
@@ -454,11 +450,16 @@ class ShardEngine:
             return (np.take_along_axis(wide, best, axis=1),
                     np.take_along_axis(keys, best[..., None], axis=1))
         cols, keys1 = self._best_rows(queries, keep, first_dim, sort=False)  # later stages sort
+        return cols, self._with_later_keys(queries, cols, keys1, later_dims)
+
+    def _with_later_keys(self, queries: np.ndarray, cols: np.ndarray, keys1: np.ndarray,
+                         later_dims: list[int]) -> np.ndarray:
+        """[Q, M, 1 + len(later_dims)]: the first stage's keys, then the rows' keys at each later dim."""
         out = np.empty(cols.shape + (len(later_dims) + 1,), dtype=np.float32)
         out[..., 0] = keys1
-        if later_dims:
+        if later_dims and cols.size:
             out[..., 1:] = self._rescore(queries, cols, later_dims)
-        return cols, out
+        return out
 
     def _funnel_pruned(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
         """A funnel of several stages inside one engine: each stage re-scores only the

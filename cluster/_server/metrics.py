@@ -62,6 +62,30 @@ class GatewayMetrics:
         return server.server_address[1]
 
 
+# Per-shard gauges read from DescribeCollection's stats: (name, help, value of a stats dict).
+_SHARD_GAUGES = (
+    ("nestvec_shard_vectors", "live vectors per shard", lambda s: s["vectors"]),
+    ("nestvec_shard_tombstones", "deleted rows not yet compacted", lambda s: s["tombstones"]),
+    ("nestvec_shard_wal_bytes", "write-ahead log bytes since the last snapshot",
+     lambda s: s.get("wal_bytes", 0)),
+    ("nestvec_shard_restarts", "times Ray restarted the shard's actor", lambda s: s.get("restarts", 0)),
+    ("nestvec_shard_writes_refused", "1 while the shard refuses writes because its log cannot be written",
+     lambda s: 1 if s.get("write_error") else 0),
+    ("nestvec_shard_disk_errors", "write or fsync errors since the shard process started",
+     lambda s: s.get("write_errors", 0)),
+    ("nestvec_shard_snapshot_failing",
+     "1 while the shard's last snapshot attempt failed (its log keeps growing)",
+     lambda s: 1 if s.get("snapshot_error") else 0),
+    ("nestvec_shard_rss_bytes", "resident memory of the shard's process", lambda s: s.get("rss_bytes", 0)),
+    ("nestvec_shard_memory_bytes",
+     "bytes of vectors and ids the shard holds (its capacity, not just live rows)",
+     lambda s: s.get("memory_bytes", 0)),
+    ("nestvec_shard_index_progress", "fraction of rows in the graph being built (1 when none is building)",
+     lambda s: s.get("index_progress", 1.0) if s.get("index_state", "none") != "none" else 1.0),
+    ("nestvec_shard_index_bytes", "bytes of the serving ANN graph", lambda s: s.get("index_bytes", 0)),
+)
+
+
 class _ShardCollector:
     """Reads every shard's stats at scrape time."""
 
@@ -69,61 +93,27 @@ class _ShardCollector:
         self.coordinator = coordinator
 
     def collect(self):
-        vectors = GaugeMetricFamily("nestvec_shard_vectors", "live vectors per shard",
-                                    labels=["collection", "shard"])
-        tombstones = GaugeMetricFamily("nestvec_shard_tombstones", "deleted rows not yet compacted",
-                                       labels=["collection", "shard"])
-        wal = GaugeMetricFamily("nestvec_shard_wal_bytes", "write-ahead log bytes since the last snapshot",
-                                labels=["collection", "shard"])
-        restarts = GaugeMetricFamily("nestvec_shard_restarts", "times Ray restarted the shard's actor",
-                                     labels=["collection", "shard"])
-        refused = GaugeMetricFamily("nestvec_shard_writes_refused",
-                                    "1 while the shard refuses writes because its log cannot be written",
-                                    labels=["collection", "shard"])
-        disk_errors = GaugeMetricFamily("nestvec_shard_disk_errors",
-                                        "write or fsync errors since the shard process started",
-                                        labels=["collection", "shard"])
-        snap = GaugeMetricFamily("nestvec_shard_snapshot_failing",
-                                 "1 while the shard's last snapshot attempt failed (its log keeps growing)",
-                                 labels=["collection", "shard"])
-        up = GaugeMetricFamily("nestvec_shard_up", "1 if the shard answered the scrape",
-                               labels=["collection", "shard"])
-        rss = GaugeMetricFamily("nestvec_shard_rss_bytes", "resident memory of the shard's process",
-                                labels=["collection", "shard"])
-        stored = GaugeMetricFamily("nestvec_shard_memory_bytes",
-                                   "bytes of vectors and ids the shard holds (its capacity, not just live rows)",
-                                   labels=["collection", "shard"])
+        labels = ["collection", "shard"]
+        up = GaugeMetricFamily("nestvec_shard_up", "1 if the shard answered the scrape", labels=labels)
+        gauges = [(GaugeMetricFamily(name, text, labels=labels), value) for name, text, value in _SHARD_GAUGES]
         index_state = GaugeMetricFamily("nestvec_shard_index_state",
                                         "1 for the ANN index's current state (none, building, ready, stale, failed)",
-                                        labels=["collection", "shard", "state"])
-        index_progress = GaugeMetricFamily("nestvec_shard_index_progress",
-                                           "fraction of rows in the graph being built (1 when none is building)",
-                                           labels=["collection", "shard"])
-        index_bytes = GaugeMetricFamily("nestvec_shard_index_bytes", "bytes of the serving ANN graph",
-                                        labels=["collection", "shard"])
+                                        labels=labels + ["state"])
         try:
             for cfg in self.coordinator.list_collections(timeout=5):
                 _, stats = self.coordinator.describe_collection(cfg.name, timeout=5)
                 for s in stats:
-                    labels = [cfg.name, str(s["shard"])]
-                    up.add_metric(labels, 0 if s.get("down") else 1)
+                    where = [cfg.name, str(s["shard"])]
+                    up.add_metric(where, 0 if s.get("down") else 1)
                     if s.get("down"):
                         continue
-                    vectors.add_metric(labels, s["vectors"])
-                    tombstones.add_metric(labels, s["tombstones"])
-                    wal.add_metric(labels, s.get("wal_bytes", 0))
-                    restarts.add_metric(labels, s.get("restarts", 0))
-                    refused.add_metric(labels, 1 if s.get("write_error") else 0)
-                    disk_errors.add_metric(labels, s.get("write_errors", 0))
-                    snap.add_metric(labels, 1 if s.get("snapshot_error") else 0)
-                    rss.add_metric(labels, s.get("rss_bytes", 0))
-                    stored.add_metric(labels, s.get("memory_bytes", 0))
+                    for family, value in gauges:
+                        family.add_metric(where, value(s))
                     state = s.get("index_state", "none")
                     for st in INDEX_STATES:
-                        index_state.add_metric(labels + [st], 1 if st == state else 0)
-                    index_progress.add_metric(labels, s.get("index_progress", 1.0) if state != "none" else 1.0)
-                    index_bytes.add_metric(labels, s.get("index_bytes", 0))
+                        index_state.add_metric(where + [st], 1 if st == state else 0)
         except Exception as err:  # a scrape must not fail because a shard is slow
             log.warning("shard metrics unavailable: %s", err)
-        yield from (vectors, tombstones, wal, restarts, refused, disk_errors, snap, up, rss, stored,
-                    index_state, index_progress, index_bytes)
+        yield up
+        yield index_state
+        yield from (family for family, _ in gauges)

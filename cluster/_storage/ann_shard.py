@@ -322,10 +322,15 @@ def search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads: int |
             short = np.flatnonzero(found.sum(axis=1) < m)
     if short.size:
         ann.count_fallback(int(short.size))
-        exact_ids, _ = engine.top_keys(queries[short], m, plan.dim)
-        _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
-        ids[short], keys[short] = exact_ids, exact_keys
+        ids[short], keys[short] = _exact(engine, queries[short], m, plan, later)
     return (ids, keys) if plan.stages else (ids, keys[..., 0])
+
+
+def _exact(engine, queries: np.ndarray, m: int, plan, later: list[int]):
+    """The exact scan's m best (among the plan's filter's rows, if it has one), with their
+    keys at every stage dim and the final dim, shaped like the walk's candidates."""
+    ids, _ = engine.top_keys(queries, m, plan.dim, plan.filter)
+    return ids, engine.rescore_ids(queries, ids, later)[1]
 
 
 # Filtered ANN (docs/filters.md, "ANN"). Each shard picks the cheaper side. The scan
@@ -361,9 +366,8 @@ def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, thre
     want = filtered_plan(matching, len(engine), plan.ann_candidates)
     ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
     if ids is None:  # the scan: exact over the matching rows
-        exact_ids, _ = engine.top_keys(queries, m, plan.dim, plan.filter)
-        _, keys = engine.rescore_ids(queries, exact_ids, later)
-        return (exact_ids, keys) if plan.stages else (exact_ids, keys[..., 0])
+        ids, keys = _exact(engine, queries, m, plan, later)
+        return (ids, keys) if plan.stages else (ids, keys[..., 0])
     rows, stored = engine.stored_rows(ids)
     found, keys = engine.rescore_ids(queries, ids, later)
     ok = found & stored & mask[rows]
@@ -377,7 +381,5 @@ def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, thre
     short = np.flatnonzero(ok.sum(axis=1) < min(plan.k, m))
     if short.size:
         ann.count_fallback(int(short.size))
-        exact_ids, _ = engine.top_keys(queries[short], m, plan.dim, plan.filter)
-        _, exact_keys = engine.rescore_ids(queries[short], exact_ids, later)
-        ids[short], keys[short] = exact_ids, exact_keys
+        ids[short], keys[short] = _exact(engine, queries[short], m, plan, later)
     return (ids, keys) if plan.stages else (ids, keys[..., 0])
