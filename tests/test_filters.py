@@ -137,6 +137,13 @@ def test_filtered_search_is_the_brute_force_answer_over_matching_rows(client, lo
         if mask.any():
             assert_matches_oracle(res.ids, res.scores, loaded["ids"][mask], loaded["docs"][mask], q,
                                   "cosine", dim, 10, funnel or ())
+    for qi, dim in ((0, 384), (1, 64), (2, 384)):  # one query a call: the engine's 1-query path
+        res = client.search(loaded["name"], q[qi:qi + 1], k=10, dim=dim, filter=f)
+        if mask.any():
+            assert_matches_oracle(res.ids, res.scores, loaded["ids"][mask], loaded["docs"][mask],
+                                  q[qi:qi + 1], "cosine", dim, 10)
+        else:
+            assert res.ids.shape == (1, 0)
     assert client.count(loaded["name"], filter=f) == int(mask.sum())
 
 
@@ -175,6 +182,9 @@ def test_other_metrics_and_shard_counts(client, corpus):
             for dim, funnel in ((384, None), (128, None), (384, [(64, 50)])):
                 res = client.search(name, q, k=7, dim=dim, funnel=funnel, filter=f)
                 assert_matches_oracle(res.ids, res.scores, np.arange(3000)[mask], docs[mask], q,
+                                      metric, dim, 7, funnel or ())
+                one = client.search(name, q[:1], k=7, dim=dim, funnel=funnel, filter=f)
+                assert_matches_oracle(one.ids, one.scores, np.arange(3000)[mask], docs[mask], q[:1],
                                       metric, dim, 7, funnel or ())
         finally:
             client.drop_collection(name)

@@ -84,7 +84,16 @@ def _columns(rows: list[dict], fields) -> dict:
     return {f: pl.column_from_values(SCHEMA[f], [r.get(f) for r in rows]) for f in fields}
 
 
-def test_masks_match_a_row_by_row_evaluator_through_random_writes():
+@pytest.mark.parametrize("sparse,rebuild", [(1 / 8, 1 / 8), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)],
+                         ids=["default", "rows-always-rebuild-often", "masks-always", "rows-never-rebuild"])
+def test_masks_match_a_row_by_row_evaluator_through_random_writes(monkeypatch, sparse, rebuild):
+    """Every filter through random writes, with the planner forced to read rows from the
+    indexes always (sparse 1.0) or never (0.0), and the indexes rebuilt after every
+    write (rebuild 0.0) or kept with all writes pending (1.0)."""
+    from nestvec.cluster._engine import filter_eval, payload_index
+    monkeypatch.setattr(filter_eval, "SPARSE_FRACTION", sparse)
+    monkeypatch.setattr(payload_index, "REBUILD_FRACTION", rebuild)
+    monkeypatch.setattr(payload_index, "REBUILD_MIN_ROWS", 0 if rebuild == 0.0 else 10**9)
     rng = np.random.default_rng(11)
     store, model = pl.PayloadStore(), {}  # model: row -> dict
     n = 0
@@ -125,6 +134,8 @@ def test_masks_match_a_row_by_row_evaluator_through_random_writes():
             f = pl.check_filter(_random_filter(rng), SCHEMA)
             want = np.array([_ref(model.get(r, {}), f) for r in range(n)], dtype=bool)
             np.testing.assert_array_equal(store.mask(f, n), want, err_msg=str(f))
+            np.testing.assert_array_equal(store.rows(f, n), np.flatnonzero(want), err_msg=str(f))
+            assert store.estimate(f, n) >= want.sum(), f
         got = store.read(np.arange(n))
         for name, col in got.items():
             assert pl.column_to_values(col) == [model.get(r, {}).get(name) for r in range(n)], name

@@ -8,6 +8,9 @@ Forms:
   ["and", [f, ...]], ["or", [f, ...]], ["not", f], ["eq", field, value],
   ["in", field, [values]], ["range", field, gt, gte, lt, lte], ["exists", field].
   A row without a value for a field matches no eq / in / range on it.
+  Internal only (never from a caller; `check_filter` refuses it): ["sample", p], the
+  rows whose id hashes below p, a seeded stand-in for a filter of selectivity p that
+  target_recall's calibration uses (`sample_mask`).
 
 Storage (`PayloadStore`, row-aligned with the shard engine's rows): keyword fields
 as int32 codes into a per-field vocabulary (-1: no value), so equality and `in`
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nestvec.cluster._engine import filter_eval
+from nestvec.cluster._engine.payload_index import CodeIndex, PairIndex, SortedIndex
 from nestvec.errors import InvalidArgument
 
 TYPES = ("keyword", "keywords", "int", "float", "bool")
@@ -332,6 +337,21 @@ def _value(field: str, kind: str, v):
     return x if math.isfinite(x) and int(x) == v else _NO_VALUE  # exact, or no float equals it
 
 
+def _int_bounds(gt, gte, lt, lte) -> tuple[int, int]:
+    """Inclusive integer bounds [lo, hi] of a range on an int field, computed exactly
+    (no float rounding of the values); lo > hi: nothing is in range."""
+    lo, hi = _I64_MIN, _I64_MAX
+    if gt is not None:
+        lo = max(lo, math.floor(gt) + 1)
+    if gte is not None:
+        lo = max(lo, math.ceil(gte))
+    if lt is not None:
+        hi = min(hi, math.ceil(lt) - 1)
+    if lte is not None:
+        hi = min(hi, math.floor(lte))
+    return lo, hi
+
+
 # ----- storage ----------------------------------------------------------------------
 class _Field:
     """One field's values over the shard's rows."""
@@ -350,6 +370,8 @@ class _Field:
             self.pair_rows = np.empty(0, dtype=np.int64)
             self.pair_codes = np.empty(0, dtype=np.int32)
             self.dead = 0
+        self.index = (CodeIndex() if kind in ("keyword", "bool") else
+                      SortedIndex() if kind in ("int", "float") else PairIndex())
 
     def size(self) -> int:
         return (self.has if self.kind == "keywords" else self.data).size
@@ -399,6 +421,7 @@ class _Field:
         if self.pair_rows.size and rows.size and rows.min() <= self.pair_rows.max():
             keep = ~np.isin(self.pair_rows, rows)
             self.dead += int((~keep).sum())
+            self.index.reset()  # pairs moved: its positions no longer hold
             self.pair_rows, self.pair_codes = self.pair_rows[keep], self.pair_codes[keep]
 
     def write(self, rows: np.ndarray, col: Column) -> None:
@@ -422,8 +445,11 @@ class _Field:
         else:
             self.data[rows] = col.values.astype(self.data.dtype)
             self.present[rows] = p
+        if self.kind != "keywords":  # appended pairs are the list index's pending ones
+            self.index.written(rows, self.size())
 
     def take(self, keep: np.ndarray) -> None:
+        self.index.reset()  # rows move
         if self.kind == "keywords":
             old = self.size()
             new_of = np.full(max(old, 1), -1, dtype=np.int64)
@@ -472,7 +498,74 @@ class _Field:
         present = np.where(inside, self.present[safe] if n else False, False)
         return Column(self.kind, self.data[safe] if n else np.zeros(rows.size, self.data.dtype), present)
 
-    # --- masks over rows 0..n-1 ---
+    # --- conditions: a leaf of a filter on this field (payload_index.py's forms) ---
+    def condition(self, op: str, args: list):
+        """The leaf `op` (eq / in / range) as a condition; None: it matches no row."""
+        if op == "range":
+            if self.kind not in ("int", "float"):
+                return None
+            if self.kind == "float":
+                return ("bounds", *[None if b is None else float(b) for b in args])
+            lo, hi = _int_bounds(*args)
+            return None if lo > hi else ("between", lo, hi)
+        values = [args[0]] if op == "eq" else list(args[0])
+        if self.kind in ("keyword", "keywords"):
+            codes = [self.vocab[v] for v in values if isinstance(v, str) and v in self.vocab]
+            return ("codes", codes) if codes else None
+        if self.kind == "bool":
+            codes = sorted({int(v) for v in values if isinstance(v, bool)})
+            return ("codes", codes) if codes else None
+        if self.kind == "int":
+            ints = [v for v in values if not isinstance(v, bool) and _I64_MIN <= v <= _I64_MAX]
+            return ("values", np.unique(np.array(ints, dtype=np.int64))) if ints else None
+        return ("values", np.unique(np.array(values, dtype=np.float64))) if values else None
+
+    def test(self, cond: tuple, at) -> np.ndarray:
+        """bool per row of `at` (an index array or a slice, rows below size()): the
+        row's current value meets `cond`."""
+        kind = cond[0]
+        if self.kind == "keywords":
+            hits = self.index.rows(cond[1], self.pair_rows, self.pair_codes, self.size())
+            return np.isin(np.arange(self.size())[at] if isinstance(at, slice) else at, hits)
+        v = self.data[at]
+        if kind == "codes":
+            return v == cond[1][0] if len(cond[1]) == 1 else np.isin(v, cond[1])
+        ok = self.present[at]
+        if kind == "values":
+            return ok & np.isin(v, cond[1])
+        if kind == "between":
+            return ok & (v >= np.int64(cond[1])) & (v <= np.int64(cond[2]))
+        for bound, cmp in zip(cond[1:], (np.greater, np.greater_equal, np.less, np.less_equal)):
+            if bound is not None:
+                ok = ok & cmp(v, bound)
+        return ok
+
+    def estimate(self, cond: tuple) -> int:
+        """How many rows may meet `cond` (an upper bound), from the index."""
+        if self.kind == "keywords":
+            return self.index.estimate(cond[1], self.pair_rows, self.pair_codes)
+        if self.kind in ("keyword", "bool"):
+            return self.index.estimate(cond[1], self.data)
+        return self.index.estimate(cond, self.data, self.present)
+
+    def rows(self, cond: tuple, n: int) -> np.ndarray:
+        """Rows below n meeting `cond`, ascending, read from the index."""
+        if self.kind == "keywords":
+            return self.index.rows(cond[1], self.pair_rows, self.pair_codes, n)
+        if self.kind in ("keyword", "bool"):
+            return self.index.rows(cond[1], self.data, n)
+        return self.index.rows(cond, self.data, self.present, n, self.test)
+
+    def mask(self, cond: tuple, n: int) -> np.ndarray:
+        """bool[n]: rows 0..n-1 meeting `cond`, one vectorised pass."""
+        out = np.zeros(n, dtype=bool)
+        m = min(n, self.size())
+        if self.kind == "keywords":
+            out[self.rows(cond, n)] = True
+        else:
+            out[:m] = self.test(cond, slice(0, m))
+        return out
+
     def exists(self, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
         m = min(n, self.size())
@@ -482,54 +575,6 @@ class _Field:
             out[:m] = self.data[:m] >= 0
         else:
             out[:m] = self.present[:m]
-        return out
-
-    def one_of(self, values: list, n: int) -> np.ndarray:
-        out = np.zeros(n, dtype=bool)
-        m = min(n, self.size())
-        if self.kind in ("keyword", "keywords"):
-            codes = [self.vocab[v] for v in values if v in self.vocab]
-            if not codes:
-                return out
-            if self.kind == "keyword":
-                out[:m] = np.isin(self.data[:m], codes)
-            else:
-                rows = self.pair_rows[np.isin(self.pair_codes, codes)]
-                out[rows[rows < n]] = True
-            return out
-        if self.kind == "bool":
-            out[:m] = np.isin(self.data[:m], [int(v) for v in values])
-            return out
-        if self.kind == "int":
-            ints = [v for v in values if _I64_MIN <= v <= _I64_MAX]
-            out[:m] = self.present[:m] & np.isin(self.data[:m], np.array(ints, dtype=np.int64))
-            return out
-        out[:m] = self.present[:m] & np.isin(self.data[:m], np.array(values, dtype=np.float64))
-        return out
-
-    def in_range(self, gt, gte, lt, lte, n: int) -> np.ndarray:
-        out = np.zeros(n, dtype=bool)
-        m = min(n, self.size())
-        v = self.data[:m]
-        ok = self.present[:m].copy()
-        if self.kind == "int":  # integer bounds, computed exactly (no float rounding of the values)
-            lo, hi = _I64_MIN, _I64_MAX
-            if gt is not None:
-                lo = max(lo, math.floor(gt) + 1)
-            if gte is not None:
-                lo = max(lo, math.ceil(gte))
-            if lt is not None:
-                hi = min(hi, math.ceil(lt) - 1)
-            if lte is not None:
-                hi = min(hi, math.floor(lte))
-            if lo > hi or lo > _I64_MAX or hi < _I64_MIN:
-                return out
-            ok &= (v >= np.int64(lo)) & (v <= np.int64(hi))
-        else:
-            for bound, cmp in ((gt, np.greater), (gte, np.greater_equal), (lt, np.less), (lte, np.less_equal)):
-                if bound is not None:
-                    ok &= cmp(v, float(bound))
-        out[:m] = ok
         return out
 
     def nbytes(self) -> int:
@@ -581,36 +626,38 @@ class PayloadStore:
         names = [n for n in (fields if fields is not None else self._fields) if n in self._fields]
         return {n: self._fields[n].read(rows) for n in names}
 
-    def mask(self, f: list, n: int) -> np.ndarray:
-        """bool[n]: rows 0..n-1 matching the canonical filter `f`."""
-        op = f[0]
-        if op == "and":
-            out = self.mask(f[1][0], n)
-            for x in f[1][1:]:
-                out &= self.mask(x, n)
-            return out
-        if op == "or":
-            out = self.mask(f[1][0], n)
-            for x in f[1][1:]:
-                out |= self.mask(x, n)
-            return out
-        if op == "not":
-            return ~self.mask(f[1], n)
-        field = self._fields.get(f[1])
-        if field is None:  # never written here: no row has a value
-            return np.zeros(n, dtype=bool)
-        if op == "exists":
-            return field.exists(n)
-        if op == "eq":
-            return field.one_of([f[2]], n)
-        if op == "in":
-            return field.one_of(list(f[2]), n)
-        if field.kind not in ("int", "float"):
-            return np.zeros(n, dtype=bool)
-        return field.in_range(*f[2:6], n)
+    # --- filters (filter_eval.py plans rows or masks from the indexes) ---
+    def field(self, name: str):
+        return self._fields.get(name)
+
+    sample = staticmethod(lambda ids, p: sample_mask(ids, p))
+
+    def mask(self, f: list, n: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """bool[n]: rows 0..n-1 matching the canonical filter `f` (`ids`: the rows'
+        ids, which only the internal "sample" node reads)."""
+        return filter_eval.mask(self, f, n, ids)
+
+    def rows(self, f: list, n: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """Rows 0..n-1 matching `f`, ascending; O(matches) when the filter is selective."""
+        return filter_eval.rows(self, f, n, ids)
+
+    def estimate(self, f: list, n: int) -> int:
+        """At most this many of rows 0..n-1 match `f` (read from the indexes only)."""
+        return filter_eval.estimate(self, f, n)
 
     def nbytes(self) -> int:
         return sum(f.nbytes() for f in self._fields.values())
+
+
+def sample_mask(ids: np.ndarray, p: float) -> np.ndarray:
+    """Ids whose splitmix64 hash falls below p of the range: a fixed pseudo-random
+    share p of any set of ids, the same on every shard and in every run."""
+    z = np.asarray(ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) < p * float(1 << 53)
 
 
 # ----- log encoding -----------------------------------------------------------------

@@ -57,6 +57,10 @@ _GATHER_BYTES = 32 << 20  # funnel re-rank works in query chunks of about this m
 # rest (a strided view BLAS reads in place); below it, the matching rows are gathered
 # and only they are scored (docs/filters.md).
 DENSE_FILTER_FRACTION = 0.5
+# One query reads each matching row once through cache-sized blocks (_best_subset_one),
+# which beat the in-place scan up to ~90% of the rows (corpusA at 50%: 15 vs 25 ms).
+DENSE_FILTER_FRACTION_ONE = 0.9
+_SUBSET_BLOCK_BYTES = 1 << 20  # 1 MiB blocks measured fastest (256 KiB-2 MiB tried)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class ShardEngine:
         self._table_of: np.ndarray | None = None          # the _index_rows _table was built from
         self._table: np.ndarray | None = None             # see _row_table
         self.payload = PayloadStore()                     # attributes, row-aligned (payload.py)
+        self._filters: dict[str, list] = {}               # canonical filter JSON -> parsed
 
     # ----- size -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -235,14 +240,29 @@ class ShardEngine:
         return self.payload.read(rows[found], fields)
 
     def filter_rows(self, filter_json: str) -> np.ndarray:
-        """Live rows matching a canonical filter (as JSON), ascending."""
-        return np.flatnonzero(self.filter_mask(filter_json))
+        """Live rows matching a canonical filter (as JSON), ascending: read from the
+        payload indexes in O(matches) when the filter is selective (filter_eval.py)."""
+        rows = self.payload.rows(self._parsed(filter_json), self._n, self._row_ids)
+        return rows[self._alive[rows]]
 
     def filter_mask(self, filter_json: str) -> np.ndarray:
         """bool over rows 0..n-1: live and matching the canonical filter (as JSON)."""
-        mask = self.payload.mask(json.loads(filter_json), self._n)
+        mask = self.payload.mask(self._parsed(filter_json), self._n, self._row_ids)
         mask &= self._alive[: self._n]
         return mask
+
+    def filter_estimate(self, filter_json: str) -> int:
+        """At most this many rows match (deleted ones included), from the indexes alone."""
+        return self.payload.estimate(self._parsed(filter_json), self._n)
+
+    def _parsed(self, filter_json: str) -> list:
+        # Queries repeat their filters: parse each canonical form once (a few kept).
+        f = self._filters.get(filter_json)
+        if f is None:
+            if len(self._filters) >= 64:
+                self._filters.clear()
+            f = self._filters[filter_json] = json.loads(filter_json)
+        return f
 
     def stored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, stored mask) of ids of any shape; rows of ids not stored are 0."""
@@ -303,6 +323,8 @@ class ShardEngine:
         q_rows = queries.shape[0]
         if k == 0 or subset.size == 0:
             return np.zeros((q_rows, 0), dtype=np.int64), np.zeros((q_rows, 0), dtype=np.float32)
+        if q_rows == 1 and subset.size < DENSE_FILTER_FRACTION_ONE * self._n:
+            return self._best_subset_one(queries, k, dim, subset, sort)
         dense = subset.size >= DENSE_FILTER_FRACTION * self._n
         if dense:
             outside = np.ones(self._n, dtype=bool)
@@ -327,6 +349,27 @@ class ShardEngine:
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _best_subset_one(self, queries: np.ndarray, k: int, dim: int, subset: np.ndarray,
+                         sort: bool) -> tuple[np.ndarray, np.ndarray]:
+        """_best_subset_rows for one query over a sparse subset: the rows are gathered
+        and scored a cache-sized block at a time (the block is read back from cache,
+        not memory), with 1-D selection (no per-call batch overheads at ~50 µs a query)."""
+        q = np.ascontiguousarray(queries[:, :dim], dtype=np.float32)
+        if self.metric == "cosine":
+            q = _unit_rows(q)
+        q = q[0]
+        keys = np.empty(subset.size, dtype=np.float32)
+        step = max(1, _SUBSET_BLOCK_BYTES // (4 * dim))
+        for i in range(0, subset.size, step):
+            keys[i:i + step] = self._vectors[subset[i:i + step], :dim] @ q
+        if self.metric == "cosine":
+            keys *= self._scan_term(dim)[subset]
+        elif self.metric == "l2":
+            keys *= 2
+            keys -= self._scan_term(dim)[subset]
+        cols = top_columns(keys[None], self._row_ids[subset], k, sort)[0]
+        return subset[cols][None], keys[cols][None]
 
     def _scan_gathered(self, queries: np.ndarray, dim: int, rows: np.ndarray, x: np.ndarray
                        ) -> np.ndarray:
