@@ -47,6 +47,13 @@ def estimate(store, f: list, n: int) -> int:
     return 0 if cond is None else min(n, field.estimate(cond))
 
 
+def indexed(f: list) -> bool:
+    """Whether `estimate` of `f` comes from the indexes (no not / exists / sample)."""
+    if f[0] in ("and", "or"):
+        return all(indexed(x) for x in f[1])
+    return f[0] in ("eq", "in", "range")
+
+
 def _as_mask(sel: np.ndarray, n: int) -> np.ndarray:
     if sel.dtype == bool:
         return sel

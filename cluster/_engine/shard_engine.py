@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nestvec.cluster._engine import kernels, parallel
+from nestvec.cluster._engine import filter_eval
 from nestvec.cluster._engine.payload import Column, PayloadStore, take_rows
 from nestvec.cluster._engine.collection import CollectionConfig, SearchPlan
 from nestvec.cluster._engine.lowp import QuantizedPrefix, has_copy, lowp_overfetch
@@ -251,9 +252,19 @@ class ShardEngine:
         mask &= self._alive[: self._n]
         return mask
 
-    def filter_estimate(self, filter_json: str) -> int:
-        """At most this many rows match (deleted ones included), from the indexes alone."""
-        return self.payload.estimate(self._parsed(filter_json), self._n)
+    def filter_count_for_planning(self, filter_json: str) -> int:
+        """About how many live rows match, cheaply: from the payload indexes' counts
+        when the filter is built of indexed conditions (an upper bound: rows deleted or
+        rewritten since the index was built count), else counted exactly by a mask."""
+        f = self._parsed(filter_json)
+        if filter_eval.indexed(f):
+            return min(len(self), self.payload.estimate(f, self._n))
+        return int(self.filter_mask(filter_json).sum())
+
+    def filter_test(self, filter_json: str, rows: np.ndarray) -> np.ndarray:
+        """bool per row of `rows` (stored rows, any order): it matches the filter.
+        Reads only those rows (a graph walk's candidates)."""
+        return filter_eval.test(self.payload, self._parsed(filter_json), rows, self._row_ids)
 
     def _parsed(self, filter_json: str) -> list:
         # Queries repeat their filters: parse each canonical form once (a few kept).

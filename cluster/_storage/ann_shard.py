@@ -360,17 +360,23 @@ def filtered_plan(matching: int, live: int, candidates: int) -> int:
 
 def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, threads):
     later = [d for d, _ in plan.stages] + [plan.dim]
-    mask = engine.filter_mask(plan.filter)  # one vectorised pass; no sort per query
-    matching = int(mask.sum())
-    m = min(plan.ann_candidates, matching)
+    # Planned from the payload indexes' counts: the walk never evaluates the filter
+    # over every row, only on the candidates it returns.
+    matching = engine.filter_count_for_planning(plan.filter)
     want = filtered_plan(matching, len(engine), plan.ann_candidates)
     ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
+    m = min(plan.ann_candidates, matching)
+    if ids is not None:
+        rows, stored = engine.stored_rows(ids)
+        found, keys = engine.rescore_ids(queries, ids, later)
+        ok = found & stored
+        ok[ok] = engine.filter_test(plan.filter, rows[ok])
+        short = np.flatnonzero(ok.sum(axis=1) < min(plan.k, m))
+        if short.size and engine.count(plan.filter) < m:  # the count overstated the matches
+            ids = None
     if ids is None:  # the scan: exact over the matching rows
-        ids, keys = _exact(engine, queries, m, plan, later)
+        ids, keys = _exact(engine, queries, min(m, engine.count(plan.filter)), plan, later)
         return (ids, keys) if plan.stages else (ids, keys[..., 0])
-    rows, stored = engine.stored_rows(ids)
-    found, keys = engine.rescore_ids(queries, ids, later)
-    ok = found & stored & mask[rows]
     order = np.argsort(~ok, axis=1, kind="stable")[:, :m]  # matching stored ids first, graph order
     ids = np.take_along_axis(ids, order, axis=1)
     keys = np.take_along_axis(keys, order[..., None], axis=1)
@@ -378,7 +384,6 @@ def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, thre
     # of its row ranks last (-inf at every stage), so no merge ever picks it (every
     # shard's row holds k real candidates). Fewer than k: the scan answers it.
     keys[~np.take_along_axis(ok, order, axis=1)] = -np.inf
-    short = np.flatnonzero(ok.sum(axis=1) < min(plan.k, m))
     if short.size:
         ann.count_fallback(int(short.size))
         ids[short], keys[short] = _exact(engine, queries[short], m, plan, later)
