@@ -50,6 +50,7 @@ class AnnIndex:
     (ef is the graph's, not a search's: set_ef changes it for all)."""
 
     CONCURRENT_SEARCHES = False
+    FILTERED_WALK = False  # hnswlib filters through a Python callback: slower than post-filtering
 
     FIRST_ADD_ROWS = 0  # nothing to train: a build adds every chunk alike
 

@@ -52,6 +52,7 @@ class SqAnnIndex:
     write must run alone (the owner serialises it against everything)."""
 
     CONCURRENT_SEARCHES = True
+    FILTERED_WALK = True  # search_allowed: a filter inside the walk
 
     FIRST_ADD_ROWS = RETRAIN_BELOW  # a build's first add: the rows the ranges train on
 
@@ -179,6 +180,41 @@ class SqAnnIndex:
         if slots[:, -1].min() < 0:  # FAISS pads each row's tail with -1
             raise RuntimeError("the graph walk found fewer live vectors than asked")
         return self._ids[slots]
+
+    def search_allowed(self, queries: np.ndarray, candidates: int, ef: int,
+                       allowed: np.ndarray) -> np.ndarray:
+        """search() among the slots where `allowed` (bool per slot, live ones only):
+        the filter inside the walk, as FAISS's IDSelector, so no candidate is spent on
+        a row that does not match (a filter matching ~50% of the rows: ef 80 reaches
+        recall 0.96 after the exact re-rank, docs/filters.md)."""
+        c = min(int(candidates), int(allowed.sum()))
+        if c <= 0:
+            return np.empty((queries.shape[0], 0), dtype=np.uint64)
+        bits = np.packbits(allowed, bitorder="little")
+        p = faiss.SearchParametersHNSW()
+        p.efSearch = max(int(ef), c)
+        p.sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
+        n = queries.shape[0]
+        q = np.ascontiguousarray(queries[:, : self.params.dim], dtype=np.float32)
+        dist = np.empty((n, c), dtype=np.float32)
+        slots = np.empty((n, c), dtype=np.int64)
+        args = (n, faiss.swig_ptr(q), c, faiss.swig_ptr(dist), faiss.swig_ptr(slots), p)
+        if n > 1:
+            with_threads(self.threads, self._ix.search_c, *args)
+        else:
+            self._ix.search_c(*args)
+        del bits  # held until the walk is done: the selector points into it
+        if slots[:, -1].min() < 0:
+            raise RuntimeError("the filtered walk found fewer matching vectors than asked")
+        return self._ids[slots]
+
+    @property
+    def slot_ids(self) -> np.ndarray:
+        return self._ids
+
+    @property
+    def live_slots(self) -> np.ndarray:
+        return self._live
 
     def _new_params(self, ef: int):
         with self._params_lock:

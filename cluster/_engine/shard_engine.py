@@ -117,6 +117,7 @@ class ShardEngine:
         self._table: np.ndarray | None = None             # see _row_table
         self.payload = PayloadStore()                     # attributes, row-aligned (payload.py)
         self._filters: dict[str, list] = {}               # canonical filter JSON -> parsed
+        self.epoch = 0                                    # bumped by every write
 
     # ----- size -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -167,6 +168,7 @@ class ShardEngine:
             self._index_ids = np.insert(self._index_ids, ins, new_ids)
             self._index_rows = np.insert(self._index_rows, ins, rows)
         self._row_terms.clear()
+        self.epoch += 1  # rows or their contents changed (caches keyed on it go stale)
         return int(ids.size)
 
     def delete(self, ids: np.ndarray) -> int:
@@ -183,6 +185,7 @@ class ShardEngine:
         self._index_rows = np.delete(self._index_rows, pos)
         self._dead_rows = None
         self._row_terms.clear()
+        self.epoch += 1  # rows or their contents changed (caches keyed on it go stale)
         if self._n - len(self) >= COMPACT_DEAD_FRACTION * self._n:
             self.compact()
         return int(pos.size)
@@ -207,6 +210,7 @@ class ShardEngine:
         self._index_rows = order.astype(np.int64)
         self._dead_rows = np.empty(0, dtype=np.int64)
         self._row_terms.clear()
+        self.epoch += 1  # rows or their contents changed (caches keyed on it go stale)
 
     # ----- reads ----------------------------------------------------------------
     def get(self, ids: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,7 @@ class ShardAnn:
         self.error = ""
         self.fallback_queries = 0             # ANN queries answered by the exact scan
         self.load_problem = ""                # why recovery could not use a saved graph
+        self._allowed: dict = {}              # filtered walks' slot bitmaps (filtered_candidates)
 
     # ----- configuration ----------------------------------------------------------
     def params(self) -> GraphParams:
@@ -210,6 +211,28 @@ class ShardAnn:
         except RuntimeError:  # hnswlib found fewer than asked (a graph cut up by deletions)
             return None       # the exact scan answers instead
 
+    def filtered_candidates(self, engine, filter_json: str, queries: np.ndarray, candidates: int,
+                            ef: int, threads: int | None = None) -> np.ndarray | None:
+        """[Q, M] ids of matching rows from a walk with the filter inside it, or None
+        where the graph cannot (hnswlib, no graph) or found too few (scan instead).
+        The slots' allowed bitmap (live, stored, matching) costs a pass over the
+        slots, so it is kept per filter until the next write (a few filters kept)."""
+        graph = self.graph
+        if graph is None or not getattr(graph, "FILTERED_WALK", False):
+            return None
+        key = (filter_json, engine.epoch, id(graph), graph.count, graph.live)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            rows, stored = engine.stored_rows(graph.slot_ids)
+            allowed = graph.live_slots & stored & engine.filter_mask(filter_json)[rows]
+            if len(self._allowed) >= ALLOWED_CACHE:
+                self._allowed.clear()
+            self._allowed[key] = allowed
+        try:
+            return graph.search_allowed(queries, candidates, ef, allowed)
+        except RuntimeError:
+            return None
+
     def count_fallback(self, queries: int) -> None:
         with self._lock:  # searches may run side by side
             self.fallback_queries += queries
@@ -348,6 +371,10 @@ FILTER_MAX_WALK = 4096           # never walk for more candidates than this
 FILTER_OVERSAMPLE = 1.5          # walk a little past candidates / selectivity (fewer short queries)
 
 
+FILTER_GRAPH_MIN_SELECTIVITY = 0.3  # a graph that filters inside its walk does so above this
+ALLOWED_CACHE = 4                    # filters whose slot bitmaps a shard keeps
+
+
 def filtered_plan(matching: int, live: int, candidates: int) -> int:
     """Candidates to walk for under a filter matching `matching` of `live` rows; 0 = scan."""
     if matching <= FILTER_EXACT_ROWS or not live:
@@ -363,8 +390,13 @@ def _filtered_search_keys(engine, ann: ShardAnn, queries: np.ndarray, plan, thre
     # Planned from the payload indexes' counts: the walk never evaluates the filter
     # over every row, only on the candidates it returns.
     matching = engine.filter_count_for_planning(plan.filter)
-    want = filtered_plan(matching, len(engine), plan.ann_candidates)
-    ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
+    ids = None
+    if matching >= FILTER_GRAPH_MIN_SELECTIVITY * len(engine) > 0:  # dense: filter inside the walk
+        ids = ann.filtered_candidates(engine, plan.filter, queries, plan.ann_candidates, plan.ef,
+                                      threads)
+    if ids is None:
+        want = filtered_plan(matching, len(engine), plan.ann_candidates)
+        ids = ann.candidates(queries, want, max(plan.ef, want), threads) if want else None
     m = min(plan.ann_candidates, matching)
     if ids is not None:
         rows, stored = engine.stored_rows(ids)
